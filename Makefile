@@ -1,0 +1,42 @@
+# Front door: `make run` serves on port 7860, `make test` runs the whole suite. Both install into .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint typecheck pytest bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime  ## install and start the service on port 7860 with the embedded voice
+	$(BIN)/python -m service --port $${PORT:-7860}
+
+lint: $(VENV)/.test  ## ruff
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+
+typecheck: $(VENV)/.test  ## mypy --strict
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test  ## the test suite alone
+	$(BIN)/pytest
+
+test: lint typecheck pytest  ## install test dependencies, then lint, type-check and run every test
+
+bench: $(VENV)/.test  ## lifecycle benchmarks (writes figures to stdout)
+	$(BIN)/python bench/lifecycle.py
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,35 @@
+"""`python -m service`: parse settings, set up logging, serve the app with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+import uvicorn
+
+from service.app import create_app
+from service.log_setup import configure_logging
+from service.settings import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    log = structlog.get_logger("service")
+    try:
+        app = create_app(settings)
+    except (ValueError, LookupError) as error:
+        log.error("configuration_invalid", error=str(error))
+        return 2
+    log.info("service_starting", host=settings.host, port=settings.port, models=list(app.state.catalog.specs),
+             default_model=settings.default_model, idle_timeout=settings.idle_timeout)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

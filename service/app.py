@@ -1,0 +1,119 @@
+"""The app factory: builds the services from settings and wires controllers, docs, templates and the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import litestar_offline_docs
+from anyio.abc import TaskGroup
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from service import __version__
+from service.catalog import Catalog, ModelSpec
+from service.controllers.health import HealthController
+from service.controllers.metrics import MetricsController
+from service.controllers.models import ModelsController
+from service.controllers.openai import OpenAIController
+from service.controllers.pages import PagesController
+from service.errors import EXCEPTION_HANDLERS
+from service.lazy_loader import LazyLoader
+from service.metrics import Metrics
+from service.model_admin import ModelAdmin
+from service.settings import PROJECT_ROOT, Settings
+from service.speech import SpeechService
+from service.workers import WorkerProcess
+
+DOCS_ASSETS = Path(litestar_offline_docs.__file__).parent / "static"
+
+
+def _openapi_config() -> OpenAPIConfig:
+    assets = "/static/docs"
+    return OpenAPIConfig(
+        title="Speech server",
+        version=__version__,
+        path="/docs",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path="/",
+                js_url=f"{assets}/swagger-ui-bundle.js",
+                css_url=f"{assets}/swagger-ui.css",
+                standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js",
+                favicon="<link rel='icon' href='/static/favicon.svg'>",
+            ),
+            JsonRenderPlugin(path="/openapi.json"),
+        ],
+    )
+
+
+def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
+    """The whole service for these settings; `extra_models` adds configured models beside the discovered ones."""
+    settings = settings or Settings()
+    catalog = Catalog.from_settings(settings, extra_models)
+
+    async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
+        return await WorkerProcess.start(catalog.get(model).worker_spec(), task_group)
+
+    loader: LazyLoader[WorkerProcess] = LazyLoader(
+        catalog.policies(),
+        launch,
+        max_loaded=settings.max_loaded_models,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        capacity_wait=settings.capacity_wait,
+    )
+    metrics = Metrics()
+    metrics.watch(loader)
+    admin = ModelAdmin(catalog, loader)
+    speech = SpeechService(catalog, loader, metrics, settings.max_input_chars)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as task_group:
+            loader.start(task_group)
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await loader.shutdown(settings.shutdown_grace)
+                task_group.cancel_scope.cancel()
+
+    def provide(value: object) -> Provide:
+        return Provide(lambda: value, use_cache=True, sync_to_thread=False)
+
+    app = Litestar(
+        route_handlers=[
+            PagesController,
+            HealthController,
+            ModelsController,
+            OpenAIController,
+            MetricsController,
+            create_static_files_router(path="/static/docs", directories=[DOCS_ASSETS], name="docs-assets",
+                                       include_in_schema=False),
+            create_static_files_router(path="/static", directories=[PROJECT_ROOT / "static"],
+                                       include_in_schema=False),
+        ],
+        dependencies={
+            "settings": provide(settings),
+            "catalog": provide(catalog),
+            "loader": provide(loader),
+            "admin": provide(admin),
+            "speech": provide(speech),
+            "metrics": provide(metrics),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=_openapi_config(),
+        template_config=TemplateConfig(directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine),
+        lifespan=[lifespan],
+        logging_config=None,
+    )
+    app.state.loader = loader
+    app.state.catalog = catalog
+    return app

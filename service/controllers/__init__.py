@@ -1,0 +1,1 @@
+"""HTTP controllers: thin handlers that parse requests, call the services and shape responses."""

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.metrics import Metrics
+
+
+class MetricsController(Controller):
+    tags = ["operations"]
+
+    @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST)
+    async def metrics(self, metrics: Metrics) -> Response[bytes]:
+        """Prometheus metrics: loads, unloads by reason, loaded models, queue depth, latency, real-time factor."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

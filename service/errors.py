@@ -1,0 +1,91 @@
+"""Every error the API returns, in OpenAI's JSON error shape, mapped in one place."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from service.engines.base import EngineInputError
+from service.lazy_loader import ModelUnavailable, UnknownModel
+from service.workers import EngineRequestError, WorkerCrashed
+
+log = structlog.get_logger("service.errors")
+
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, the request field it concerns and a stable code."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    @property
+    def error_type(self) -> str:
+        return "invalid_request_error" if self.status < 500 else "server_error"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+def as_api_error(error: Exception) -> ApiError:
+    """The API's answer to any exception raised while serving a request."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, UnknownModel):
+        return ApiError(404, str(error), param="model", code="model_not_found")
+    if isinstance(error, EngineInputError):
+        return ApiError(400, str(error), param=error.param, code="invalid_value")
+    if isinstance(error, EngineRequestError):
+        if error.kind == "input":
+            return ApiError(400, str(error), param=error.param, code="invalid_value")
+        return ApiError(500, f"the engine failed: {error}", code="engine_error")
+    if isinstance(error, WorkerCrashed):
+        return ApiError(503, str(error), code="worker_crashed", headers={"Retry-After": "1"})
+    if isinstance(error, ModelUnavailable):
+        retry = {"Retry-After": str(math.ceil(error.retry_after))} if error.retry_after else {}
+        return ApiError(503, str(error), code="model_unavailable", headers=retry)
+    if isinstance(error, ValidationException):
+        return _validation_error(error)
+    if isinstance(error, HTTPException):
+        return ApiError(error.status_code, error.detail, headers=error.headers)
+    return ApiError(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", code="internal_error")
+
+
+def _validation_error(error: ValidationException) -> ApiError:
+    problems = error.extra if isinstance(error.extra, list) else []
+    for problem in problems:
+        if isinstance(problem, dict) and problem.get("key"):
+            message = str(problem.get("message", "invalid value"))
+            missing = _MISSING_FIELD.search(message)
+            key = missing.group(1) if missing else str(problem["key"])
+            return ApiError(400, f"{key}: {message}", param=key, code="invalid_value")
+    detail = error.detail
+    if "JSON" in detail or "decode" in detail.lower():
+        return ApiError(400, f"the request body is not valid JSON: {detail}", code="invalid_json")
+    return ApiError(400, detail, code="invalid_request")
+
+
+def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    api_error = as_api_error(error)
+    if api_error.status >= 500:
+        log.error("request_failed", path=request.url.path, status=api_error.status, error=str(error),
+                  exc_info=api_error.code == "internal_error")
+    return Response(api_error.body(), status_code=api_error.status, headers=api_error.headers)
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {Exception: handle_exception}

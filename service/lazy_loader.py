@@ -1,0 +1,618 @@
+"""Model slots: lazy, single-flight loading into worker processes, leases, idle reaping, eviction and unloads.
+
+Knows nothing of HTTP or of any ML framework: a slot holds a `Worker` that a launcher started, and every
+request holds a `Lease` on the slot for its whole duration. State machine per slot:
+
+    unloaded -> loading -> loaded -> unloading -> unloaded        (loading -> failed -> loading on retry)
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from service.memory import MemoryUsage
+
+log = structlog.get_logger("service.lazy_loader")
+
+EVENT_HISTORY = 200
+
+
+class SlotState(StrEnum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+class UnloadReason(StrEnum):
+    IDLE = "idle"
+    MANUAL = "manual"
+    KEEP_ALIVE = "keep_alive"
+    EVICTED = "evicted"
+    CRASH = "crash"
+    SHUTDOWN = "shutdown"
+
+
+class Worker(Protocol):
+    """A started, loaded engine process as the loader sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int:
+        """Return the exit code once the process has ended, however it ended."""
+        ...
+
+    async def stop(self) -> int:
+        """End the process and return its exit code; must not be cancellable half-way."""
+        ...
+
+    async def memory(self) -> MemoryUsage: ...
+
+
+W = TypeVar("W", bound=Worker)
+WorkerLauncher = Callable[[str, TaskGroup], Awaitable[W]]
+
+
+class UnknownModel(LookupError):
+    def __init__(self, model_id: str, known: Iterable[str]) -> None:
+        self.model_id = model_id
+        self.known = sorted(known)
+        super().__init__(f"unknown model {model_id!r}; known models: {', '.join(self.known)}")
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot serve now; `retry_after` says when to try again, if known."""
+
+    retry_after: float | None = None
+
+
+class LoadFailed(ModelUnavailable):
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(f"model {model_id!r} failed to load: {reason}")
+        self.reason = reason
+
+
+class CapacityExhausted(ModelUnavailable):
+    def __init__(self, model_id: str, waited: float) -> None:
+        super().__init__(
+            f"no room to load {model_id!r}: every loaded model is busy or pinned (waited {waited:.1f} s)"
+        )
+        self.retry_after = max(1.0, waited)
+
+
+class ShuttingDown(ModelUnavailable):
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down")
+        self.retry_after = 5.0
+
+
+@dataclass
+class ModelPolicy:
+    idle_timeout: float
+    auto_unload: bool = True
+    pinned: bool = False
+    preload: bool = False
+
+
+@dataclass(frozen=True)
+class UnloadReport:
+    model: str
+    previous_state: SlotState
+    state: SlotState
+    reason: UnloadReason | None
+    requests_drained: int
+    pid: int | None
+    worker_exited: bool
+    exit_code: int | None
+    freed_rss_bytes: int | None
+    freed_gpu_bytes: int | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    model: str
+    state: SlotState
+    policy: ModelPolicy
+    keep_alive: float | None
+    pid: int | None
+    in_flight: int
+    queued: int
+    loads_total: int
+    last_load_seconds: float | None
+    last_unload_reason: UnloadReason | None
+    last_error: str | None
+    idle_seconds: float | None
+    seconds_until_unload: float | None
+    unloads_by_reason: Mapping[str, int]
+    memory: MemoryUsage | None
+
+    @property
+    def loaded(self) -> bool:
+        return self.state is SlotState.LOADED
+
+
+@dataclass
+class _LoadAttempt:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: ModelUnavailable | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Slot(Generic[W]):
+    model: str
+    policy: ModelPolicy
+    turns: anyio.Semaphore
+    state: SlotState = SlotState.UNLOADED
+    worker: W | None = None
+    attempt: _LoadAttempt | None = None
+    launching: bool = False
+    drains: int = 0
+    waiting: int = 0
+    admitted: int = 0
+    running: int = 0
+    keep_alive: float | None = None
+    idle_since: float = 0.0
+    last_used: float = 0.0
+    loads_total: int = 0
+    last_load_seconds: float | None = None
+    last_unload_reason: UnloadReason | None = None
+    last_error: str | None = None
+    last_memory: MemoryUsage | None = None
+    unloads: Counter[str] = field(default_factory=Counter)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def idle(self) -> bool:
+        return self.admitted == 0 and self.waiting == 0 and self.drains == 0
+
+    def memory_estimate(self) -> int:
+        if self.last_memory is None:
+            return 0
+        return (self.last_memory.rss_bytes or 0) + (self.last_memory.gpu_bytes or 0)
+
+
+class Lease(Generic[W]):
+    """A request's hold on a loaded model: while any lease is held, nothing unloads it."""
+
+    def __init__(self, loader: LazyLoader[W], slot: _Slot[W], worker: W, load_seconds: float | None,
+                 queued_seconds: float) -> None:
+        self._loader = loader
+        self._slot = slot
+        self.worker = worker
+        self.model = slot.model
+        self.load_seconds = load_seconds
+        self.queued_seconds = queued_seconds
+        self._released = False
+
+    @property
+    def cold(self) -> bool:
+        """Whether this request had to wait for the model to load."""
+        return self.load_seconds is not None
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._loader._release(self._slot)
+
+
+class LazyLoader(Generic[W]):
+    def __init__(
+        self,
+        policies: Mapping[str, ModelPolicy],
+        launcher: WorkerLauncher[W],
+        *,
+        max_loaded: int = 3,
+        memory_budget_bytes: int = 0,
+        capacity_wait: float = 30.0,
+        concurrency: Mapping[str, int] | None = None,
+    ) -> None:
+        self._slots: dict[str, _Slot[W]] = {
+            model: _Slot(model, replace(policy), anyio.Semaphore((concurrency or {}).get(model, 1)))
+            for model, policy in policies.items()
+        }
+        self._launcher = launcher
+        self._max_loaded = max_loaded
+        self._memory_budget = memory_budget_bytes
+        self._capacity_wait = capacity_wait
+        self._task_group: TaskGroup | None = None
+        self._changed = anyio.Event()
+        self._closing = False
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    # ---- lifetime
+
+    def start(self, task_group: TaskGroup) -> None:
+        """Start one reaper per model in the given task group and preload what the policies ask for."""
+        self._task_group = task_group
+        for slot in self._slots.values():
+            task_group.start_soon(self._reap, slot, name=f"reaper:{slot.model}")
+            if slot.policy.preload:
+                self._start_load(slot)
+
+    async def shutdown(self, grace: float) -> list[UnloadReport]:
+        """Refuse new requests, let those in flight finish within `grace` seconds, then end every worker."""
+        self._closing = True
+        for slot in self._slots.values():
+            self._notify(slot)
+        reports: list[UnloadReport] = []
+
+        async def close(slot: _Slot[W]) -> None:
+            with anyio.move_on_after(grace):
+                reports.append(await self._unload(slot, UnloadReason.SHUTDOWN))
+                return
+            reports.append(await self._stop_worker(slot, UnloadReason.SHUTDOWN, slot.admitted, slot.state))
+
+        async with anyio.create_task_group() as group:
+            for slot in self._slots.values():
+                group.start_soon(close, slot)
+        return reports
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # ---- requests
+
+    def models(self) -> list[str]:
+        return list(self._slots)
+
+    def _slot(self, model: str) -> _Slot[W]:
+        try:
+            return self._slots[model]
+        except KeyError:
+            raise UnknownModel(model, self._slots) from None
+
+    async def acquire(self, model: str, keep_alive: float | None = None) -> Lease[W]:
+        """Wait until the model is loaded (loading it if needed) and a turn on it is free; hold it until release."""
+        slot = self._slot(model)
+        if self._closing:
+            raise ShuttingDown
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
+        arrived = anyio.current_time()
+        load_seconds: float | None = None
+        slot.waiting += 1
+        self._notify(slot)
+        try:
+            while True:
+                if self._closing:
+                    raise ShuttingDown
+                if slot.state is SlotState.LOADED and slot.drains == 0:
+                    worker = slot.worker
+                    assert worker is not None
+                    slot.waiting -= 1
+                    slot.admitted += 1
+                    try:
+                        await slot.turns.acquire()
+                    except BaseException:
+                        self._leave(slot)
+                        raise
+                    if slot.worker is worker:
+                        break
+                    slot.turns.release()
+                    self._leave(slot)
+                    slot.waiting += 1
+                    continue
+                if slot.state in (SlotState.UNLOADED, SlotState.FAILED) and slot.drains == 0:
+                    self._start_load(slot)
+                if slot.state is SlotState.LOADING and slot.attempt is not None:
+                    attempt = slot.attempt
+                    await attempt.done.wait()
+                    if attempt.error is not None:
+                        raise attempt.error
+                    load_seconds = attempt.seconds
+                    continue
+                await self._wait_for_change(slot)
+        except BaseException:
+            slot.waiting -= 1
+            self._notify(slot)
+            raise
+        slot.running += 1
+        slot.last_used = time.time()
+        self._notify(slot)
+        return Lease(self, slot, worker, load_seconds, anyio.current_time() - arrived)
+
+    def _leave(self, slot: _Slot[W]) -> None:
+        slot.admitted -= 1
+        if slot.admitted == 0:
+            slot.idle_since = anyio.current_time()
+        self._notify(slot)
+
+    def _release(self, slot: _Slot[W]) -> None:
+        slot.running -= 1
+        slot.turns.release()
+        slot.last_used = time.time()
+        self._leave(slot)
+
+    # ---- manual control
+
+    async def load(self, model: str) -> SlotSnapshot:
+        """Load a model now (as a request would) without holding it."""
+        lease = await self.acquire(model)
+        lease.release()
+        return await self.snapshot(model)
+
+    async def unload(self, model: str, reason: UnloadReason = UnloadReason.MANUAL) -> UnloadReport:
+        """Drain the model's requests, then end its worker."""
+        return await self._unload(self._slot(model), reason)
+
+    def configure(self, model: str, *, idle_timeout: float | None = None, auto_unload: bool | None = None,
+                  pinned: bool | None = None) -> None:
+        slot = self._slot(model)
+        if idle_timeout is not None:
+            slot.policy.idle_timeout = idle_timeout
+        if auto_unload is not None:
+            slot.policy.auto_unload = auto_unload
+        if pinned is not None:
+            slot.policy.pinned = pinned
+        self._record("model_policy_changed", slot, idle_timeout=slot.policy.idle_timeout,
+                     auto_unload=slot.policy.auto_unload, pinned=slot.policy.pinned)
+        self._notify(slot)
+
+    # ---- loading
+
+    def _start_load(self, slot: _Slot[W]) -> None:
+        assert self._task_group is not None, "LazyLoader.start() was not called"
+        slot.state = SlotState.LOADING
+        slot.attempt = _LoadAttempt()
+        self._notify(slot)
+        self._task_group.start_soon(self._load, slot, slot.attempt, name=f"load:{slot.model}")
+
+    async def _load(self, slot: _Slot[W], attempt: _LoadAttempt) -> None:
+        assert self._task_group is not None
+        started = anyio.current_time()
+        try:
+            await self._make_room(slot)
+            self._record("model_load_started", slot)
+            worker = await self._launcher(slot.model, self._task_group)
+        except CapacityExhausted as error:
+            slot.state = SlotState.UNLOADED
+            self._finish_attempt(slot, attempt, error, "model_load_refused", reason=str(error))
+            return
+        except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
+            slot.state = SlotState.FAILED
+            slot.last_error = str(error) or type(error).__name__
+            self._finish_attempt(slot, attempt, LoadFailed(slot.model, slot.last_error), "model_load_failed",
+                                 reason=slot.last_error, seconds=round(anyio.current_time() - started, 3))
+            return
+        finally:
+            slot.launching = False
+        attempt.seconds = anyio.current_time() - started
+        slot.worker = worker
+        slot.state = SlotState.LOADED
+        slot.loads_total += 1
+        slot.last_load_seconds = attempt.seconds
+        slot.last_error = None
+        slot.idle_since = anyio.current_time()
+        slot.last_used = time.time()
+        slot.last_memory = await worker.memory()
+        self._task_group.start_soon(self._watch, slot, worker, name=f"watch:{slot.model}")
+        self._finish_attempt(slot, attempt, None, "model_loaded", seconds=round(attempt.seconds, 3), pid=worker.pid,
+                             rss_bytes=slot.last_memory.rss_bytes, gpu_bytes=slot.last_memory.gpu_bytes)
+
+    def _finish_attempt(self, slot: _Slot[W], attempt: _LoadAttempt, error: ModelUnavailable | None, event: str,
+                        **fields: Any) -> None:
+        attempt.error = error
+        attempt.done.set()
+        self._record(event, slot, **fields)
+        self._notify(slot)
+
+    def _occupies_room(self, slot: _Slot[W]) -> bool:
+        return slot.state in (SlotState.LOADED, SlotState.UNLOADING) or slot.launching
+
+    def _has_room(self, slot: _Slot[W]) -> bool:
+        others = [other for other in self._slots.values() if other is not slot and self._occupies_room(other)]
+        if len(others) >= self._max_loaded:
+            return False
+        if self._memory_budget <= 0:
+            return True
+        used = sum(other.memory_estimate() for other in others)
+        return not others or used + slot.memory_estimate() <= self._memory_budget
+
+    def _eviction_candidate(self, slot: _Slot[W]) -> _Slot[W] | None:
+        candidates = [
+            other
+            for other in self._slots.values()
+            if other is not slot
+            and other.state is SlotState.LOADED
+            and other.idle
+            and not other.policy.pinned
+            and not (other.keep_alive is not None and other.keep_alive < 0)
+        ]
+        return min(candidates, key=lambda other: other.last_used, default=None)
+
+    async def _make_room(self, slot: _Slot[W]) -> None:
+        started = anyio.current_time()
+        deadline = started + self._capacity_wait
+        while not self._has_room(slot):
+            victim = self._eviction_candidate(slot)
+            if victim is not None:
+                await self._unload(victim, UnloadReason.EVICTED)
+                continue
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise CapacityExhausted(slot.model, anyio.current_time() - started)
+            changed = self._changed
+            with anyio.move_on_after(remaining):
+                await changed.wait()
+        slot.launching = True
+
+    async def _watch(self, slot: _Slot[W], worker: W) -> None:
+        """Notice a worker that ends on its own (crash, kill -9, out of memory) and free its slot."""
+        code = await worker.wait()
+        if slot.worker is worker and slot.state is SlotState.LOADED:
+            slot.worker = None
+            slot.state = SlotState.UNLOADED
+            slot.keep_alive = None
+            slot.last_unload_reason = UnloadReason.CRASH
+            slot.last_error = f"worker (pid {worker.pid}) exited unexpectedly with code {code}"
+            slot.unloads[UnloadReason.CRASH] += 1
+            self._record("worker_exited_unexpectedly", slot, pid=worker.pid, exit_code=code,
+                         requests_affected=slot.running, level="warning")
+            self._notify(slot)
+
+    # ---- unloading
+
+    async def _unload(self, slot: _Slot[W], reason: UnloadReason) -> UnloadReport:
+        previous = slot.state
+        while slot.state in (SlotState.LOADING, SlotState.UNLOADING):
+            await self._wait_for_change(slot)
+        if slot.state is not SlotState.LOADED:
+            return self._report(slot, previous, None, 0, None, None, None, 0.0)
+        drained = slot.admitted
+        slot.drains += 1
+        self._notify(slot)
+        try:
+            while slot.admitted:
+                await self._wait_for_change(slot)
+            return await self._stop_worker(slot, reason, drained, previous)
+        finally:
+            slot.drains -= 1
+            self._notify(slot)
+
+    async def _stop_worker(self, slot: _Slot[W], reason: UnloadReason, drained: int,
+                           previous: SlotState) -> UnloadReport:
+        with anyio.CancelScope(shield=True):
+            worker = slot.worker
+            if worker is None or slot.state is not SlotState.LOADED:
+                return self._report(slot, previous, None, drained, None, None, None, 0.0)
+            started = anyio.current_time()
+            idle_seconds = started - slot.idle_since if slot.admitted == 0 else 0.0
+            slot.state = SlotState.UNLOADING
+            self._notify(slot)
+            usage = await worker.memory()
+            exit_code = await worker.stop()
+            slot.worker = None
+            slot.state = SlotState.UNLOADED
+            slot.keep_alive = None
+            slot.last_unload_reason = reason
+            slot.unloads[reason] += 1
+            seconds = anyio.current_time() - started
+            self._record("model_unloaded", slot, reason=reason, pid=worker.pid, exit_code=exit_code,
+                         idle_seconds=round(idle_seconds, 3), requests_drained=drained,
+                         freed_rss_bytes=usage.rss_bytes, freed_gpu_bytes=usage.gpu_bytes)
+            self._notify(slot)
+            return self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
+
+    def _report(self, slot: _Slot[W], previous: SlotState, reason: UnloadReason | None, drained: int,
+                pid: int | None, exit_code: int | None, usage: MemoryUsage | None, seconds: float) -> UnloadReport:
+        return UnloadReport(
+            model=slot.model,
+            previous_state=previous,
+            state=slot.state,
+            reason=reason,
+            requests_drained=drained,
+            pid=pid,
+            worker_exited=pid is not None,
+            exit_code=exit_code,
+            freed_rss_bytes=usage.rss_bytes if usage else None,
+            freed_gpu_bytes=usage.gpu_bytes if usage else None,
+            seconds=round(seconds, 3),
+        )
+
+    # ---- idle reaping
+
+    def _timeout(self, slot: _Slot[W]) -> tuple[float, UnloadReason] | None:
+        if slot.policy.pinned:
+            return None
+        if slot.keep_alive is not None:
+            return (slot.keep_alive, UnloadReason.KEEP_ALIVE) if slot.keep_alive >= 0 else None
+        if not slot.policy.auto_unload or slot.policy.idle_timeout < 0:
+            return None
+        return slot.policy.idle_timeout, UnloadReason.IDLE
+
+    def _deadline(self, slot: _Slot[W]) -> tuple[float, UnloadReason] | None:
+        """When the reaper unloads this slot, measured on anyio's clock; None while it must stay."""
+        timeout = self._timeout(slot)
+        if slot.state is not SlotState.LOADED or not slot.idle or timeout is None:
+            return None
+        return slot.idle_since + timeout[0], timeout[1]
+
+    async def _reap(self, slot: _Slot[W]) -> None:
+        """Sleep until the slot's idle deadline (woken by every change to it), then unload it."""
+        while True:
+            changed = slot.changed
+            deadline = self._deadline(slot)
+            if deadline is None:
+                await changed.wait()
+                continue
+            remaining = deadline[0] - anyio.current_time()
+            if remaining > 0:
+                with anyio.move_on_after(remaining):
+                    await changed.wait()
+                continue
+            await self._unload(slot, deadline[1])
+
+    # ---- observation
+
+    def _snapshot(self, slot: _Slot[W], memory: MemoryUsage | None) -> SlotSnapshot:
+        now = anyio.current_time()
+        deadline = self._deadline(slot)
+        loaded_and_idle = slot.state is SlotState.LOADED and slot.admitted == 0
+        return SlotSnapshot(
+            model=slot.model,
+            state=slot.state,
+            policy=replace(slot.policy),
+            keep_alive=slot.keep_alive,
+            pid=slot.worker.pid if slot.worker is not None else None,
+            in_flight=slot.running,
+            queued=slot.waiting + slot.admitted - slot.running,
+            loads_total=slot.loads_total,
+            last_load_seconds=slot.last_load_seconds,
+            last_unload_reason=slot.last_unload_reason,
+            last_error=slot.last_error,
+            idle_seconds=now - slot.idle_since if loaded_and_idle else None,
+            seconds_until_unload=max(0.0, deadline[0] - now) if deadline is not None else None,
+            unloads_by_reason=dict(slot.unloads),
+            memory=memory,
+        )
+
+    async def snapshot(self, model: str) -> SlotSnapshot:
+        """The slot's state with its worker's memory measured now."""
+        slot = self._slot(model)
+        memory = await slot.worker.memory() if slot.worker is not None else None
+        return self._snapshot(slot, memory)
+
+    async def snapshots(self) -> list[SlotSnapshot]:
+        return [await self.snapshot(model) for model in self._slots]
+
+    def snapshots_now(self) -> list[SlotSnapshot]:
+        """Every slot's state without measuring memory (for synchronous readers such as metrics)."""
+        return [self._snapshot(slot, None) for slot in self._slots.values()]
+
+    def state(self, model: str) -> SlotState:
+        return self._slot(model).state
+
+    def worker(self, model: str) -> W | None:
+        """The model's current worker, if one is loaded (for reading what it reported; not for requests)."""
+        return self._slot(model).worker
+
+    def _notify(self, slot: _Slot[W]) -> None:
+        slot.changed.set()
+        slot.changed = anyio.Event()
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_for_change(self, slot: _Slot[W]) -> None:
+        await slot.changed.wait()
+
+    def _record(self, event: str, slot: _Slot[W], level: str = "info", **fields: Any) -> None:
+        record = {"time": time.time(), "event": event, "model": slot.model, **fields}
+        self.events.append(record)
+        for listener in self.listeners:
+            listener(record)
+        getattr(log, level)(event, model=slot.model, **fields)

@@ -1,0 +1,85 @@
+"""Prometheus metrics: lifecycle counters from the loader's events, gauges read from its slots at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from service.lazy_loader import LazyLoader, Worker
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+class _SlotCollector(Collector):
+    def __init__(self, loader: LazyLoader[Any]) -> None:
+        self._loader = loader
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        loaded = GaugeMetricFamily("tts_model_loaded", "1 while the model is loaded in a worker", labels=["model"])
+        in_flight = GaugeMetricFamily("tts_requests_in_flight", "Requests being synthesized", labels=["model"])
+        queued = GaugeMetricFamily("tts_requests_queued", "Requests waiting for a load or a turn", labels=["model"])
+        for snapshot in self._loader.snapshots_now():
+            loaded.add_metric([snapshot.model], 1.0 if snapshot.loaded else 0.0)
+            in_flight.add_metric([snapshot.model], snapshot.in_flight)
+            queued.add_metric([snapshot.model], snapshot.queued)
+        yield from (loaded, in_flight, queued)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.loads = Counter("tts_model_loads", "Model loads by outcome", ["model", "outcome"],
+                             registry=self.registry)
+        self.load_seconds = Histogram("tts_model_load_seconds", "Time to load a model into a worker", ["model"],
+                                      buckets=LOAD_BUCKETS, registry=self.registry)
+        self.unloads = Counter("tts_model_unloads", "Model unloads by reason", ["model", "reason"],
+                               registry=self.registry)
+        self.requests = Counter("tts_requests", "Finished speech requests", ["model", "cold"],
+                                registry=self.registry)
+        self.latency = Histogram("tts_request_seconds", "Speech request latency", ["model", "cold"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.first_audio = Histogram("tts_time_to_first_audio_seconds", "Time until the first audio chunk",
+                                     ["model", "cold"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio produced", ["model"],
+                                     registry=self.registry)
+        self.real_time_factor = Histogram("tts_real_time_factor", "Request seconds per second of audio", ["model"],
+                                          buckets=RTF_BUCKETS, registry=self.registry)
+
+    def watch(self, loader: LazyLoader[Worker]) -> None:
+        self.registry.register(_SlotCollector(loader))
+        loader.listeners.append(self.lifecycle_event)
+
+    def lifecycle_event(self, event: dict[str, Any]) -> None:
+        name, model = event["event"], event["model"]
+        if name == "model_loaded":
+            self.loads.labels(model, "loaded").inc()
+            self.load_seconds.labels(model).observe(event["seconds"])
+        elif name in ("model_load_failed", "model_load_refused"):
+            self.loads.labels(model, "failed" if name == "model_load_failed" else "refused").inc()
+        elif name == "model_unloaded":
+            self.unloads.labels(model, str(event["reason"])).inc()
+        elif name == "worker_exited_unexpectedly":
+            self.unloads.labels(model, "crash").inc()
+
+    def request_finished(self, model: str, cold: bool, seconds: float, audio_seconds: float,
+                         time_to_first_audio: float | None) -> None:
+        labels = (model, "true" if cold else "false")
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+        if time_to_first_audio is not None:
+            self.first_audio.labels(*labels).observe(time_to_first_audio)
+        self.audio_seconds.labels(model).inc(audio_seconds)
+        if audio_seconds > 0:
+            self.real_time_factor.labels(model).observe(seconds / audio_seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

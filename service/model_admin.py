@@ -1,0 +1,48 @@
+"""Status, load, unload and per-model settings: what the models API and the pages do with model slots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.catalog import Catalog
+from service.lazy_loader import LazyLoader, SlotState
+from service.views import model_status, unload_report
+from service.workers import WorkerProcess
+
+
+class ModelAdmin:
+    def __init__(self, catalog: Catalog, loader: LazyLoader[WorkerProcess]) -> None:
+        self.catalog = catalog
+        self.loader = loader
+
+    async def status(self, model: str) -> dict[str, Any]:
+        spec = self.catalog.get(model)
+        snapshot = await self.loader.snapshot(model)
+        worker = self.loader.worker(model)
+        gpu = worker.gpu_memory if worker is not None else None
+        return model_status(snapshot, spec, gpu.allocated_bytes if gpu else 0, gpu.reserved_bytes if gpu else 0)
+
+    async def all_status(self) -> dict[str, dict[str, Any]]:
+        return {model: await self.status(model) for model in self.catalog.specs}
+
+    def summary(self) -> dict[str, int]:
+        """How many models are in each state (for the health endpoints)."""
+        counts = {state.value: 0 for state in SlotState}
+        for snapshot in self.loader.snapshots_now():
+            counts[snapshot.state.value] += 1
+        return counts
+
+    async def load(self, model: str) -> dict[str, Any]:
+        self.catalog.get(model)
+        await self.loader.load(model)
+        return await self.status(model)
+
+    async def unload(self, model: str) -> dict[str, Any]:
+        self.catalog.get(model)
+        return unload_report(await self.loader.unload(model))
+
+    async def configure(self, model: str, *, idle_timeout: float | None, auto_unload: bool | None,
+                        pinned: bool | None) -> dict[str, Any]:
+        self.catalog.get(model)
+        self.loader.configure(model, idle_timeout=idle_timeout, auto_unload=auto_unload, pinned=pinned)
+        return await self.status(model)

@@ -1,0 +1,171 @@
+"""Typed settings: defaults, environment variables and command-line flags, in one place."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _split_ids(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is spelled on the command line and in the environment."""
+
+    env: str
+    flag: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"option": Option("HOST", "--host", "address to bind")})
+    port: int = field(default=7860, metadata={"option": Option("PORT", "--port", "port for UI and API")})
+    idle_timeout: float = field(
+        default=300.0,
+        metadata={
+            "option": Option(
+                "IDLE_TIMEOUT", "--idle-timeout", "seconds a model may sit unused before it is unloaded (<0: never)"
+            )
+        },
+    )
+    auto_unload: bool = field(
+        default=True,
+        metadata={"option": Option("AUTO_UNLOAD", "--auto-unload", "unload idle models automatically (true/false)")},
+    )
+    models_dir: Path | None = field(
+        default=None,
+        metadata={"option": Option("MODELS_DIR", "--models-dir", "folder searched for extra voices (*.onnx + .json)")},
+    )
+    default_model: str = field(
+        default="piper-joe",
+        metadata={"option": Option("DEFAULT_MODEL", "--default-model", "model used for tts-1 / tts-1-hd")},
+    )
+    max_loaded_models: int = field(
+        default=3,
+        metadata={
+            "option": Option("MAX_LOADED_MODELS", "--max-loaded-models", "models loaded at once before LRU eviction")
+        },
+    )
+    memory_budget_bytes: int = field(
+        default=0,
+        metadata={
+            "option": Option(
+                "MEMORY_BUDGET_BYTES", "--memory-budget-bytes", "memory all loaded models may use (0: no budget)"
+            )
+        },
+    )
+    capacity_wait: float = field(
+        default=30.0,
+        metadata={
+            "option": Option(
+                "CAPACITY_WAIT", "--capacity-wait", "seconds a load waits for room before answering 503"
+            )
+        },
+    )
+    preload: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": Option("PRELOAD", "--preload", "comma-separated model ids loaded at start-up")},
+    )
+    pinned: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": Option("PINNED", "--pinned", "comma-separated model ids never unloaded automatically")},
+    )
+    max_input_chars: int = field(
+        default=4096,
+        metadata={"option": Option("MAX_INPUT_CHARS", "--max-input-chars", "longest accepted speech input")},
+    )
+    shutdown_grace: float = field(
+        default=10.0,
+        metadata={
+            "option": Option(
+                "SHUTDOWN_GRACE", "--shutdown-grace", "seconds in-flight requests get to finish at shutdown"
+            )
+        },
+    )
+    log_format: str = field(
+        default="auto",
+        metadata={"option": Option("LOG_FORMAT", "--log-format", "auto (JSON unless a terminal), json or console")},
+    )
+    log_level: str = field(
+        default="info", metadata={"option": Option("LOG_LEVEL", "--log-level", "debug, info, warning or error")}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if self.max_loaded_models < 1:
+            raise ValueError("max_loaded_models must be at least 1")
+        if self.log_format not in {"auto", "json", "console"}:
+            raise ValueError(f"log_format must be auto, json or console, got {self.log_format!r}")
+
+
+def _convert(name: str, raw: str) -> object:
+    converters: dict[str, object] = {
+        "port": int,
+        "idle_timeout": float,
+        "capacity_wait": float,
+        "shutdown_grace": float,
+        "max_loaded_models": int,
+        "memory_budget_bytes": int,
+        "max_input_chars": int,
+        "auto_unload": _parse_bool,
+        "models_dir": Path,
+        "preload": _split_ids,
+        "pinned": _split_ids,
+    }
+    convert = converters.get(name, str)
+    assert callable(convert)
+    return convert(raw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Text-to-speech server: web UI, REST API and OpenAI-compatible speech endpoint on one port.",
+        epilog="Every option can also be set by the environment variable named in brackets.",
+    )
+    for settings_field in fields(Settings):
+        option: Option = settings_field.metadata["option"]
+        parser.add_argument(
+            option.flag,
+            dest=settings_field.name,
+            default=None,
+            help=f"{option.help} [{option.env}] (default: {settings_field.default!r})",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment variables, then defaults."""
+    env = os.environ if environ is None else environ
+    arguments = vars(build_parser().parse_args(argv)) if argv is not None else {}
+    values: dict[str, object] = {}
+    for settings_field in fields(Settings):
+        option: Option = settings_field.metadata["option"]
+        raw = arguments.get(settings_field.name)
+        if raw is None:
+            raw = env.get(option.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[settings_field.name] = _convert(settings_field.name, raw)
+        except ValueError as error:
+            raise ValueError(f"{option.flag} / {option.env}: {error}") from error
+    return Settings(**values)  # type: ignore[arg-type]

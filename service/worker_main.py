@@ -1,0 +1,140 @@
+"""Entry point of a worker process: loads one engine and serves synthesis requests over stdin/stdout frames.
+
+Run by the server as `python -m service.worker_main`; never imported by the server itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from service.engines import resolve_engine
+from service.engines.base import Engine, EngineInputError, SynthesisRequest
+from service.ipc import Frame, read_frame_sync, write_frame_sync
+
+PARENT_PID_ENV = "SERVICE_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when the server dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    expected_parent = os.environ.get(PARENT_PID_ENV)
+    if expected_parent is not None and os.getppid() != int(expected_parent):
+        os._exit(1)
+
+
+def _protocol_stdout() -> BinaryIO:
+    """Keep the real stdout for frames and send anything else written to fd 1 to stderr."""
+    frames = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return frames
+
+
+class Inbox:
+    """Frames from the server, read by a thread so cancellations arrive while the engine works."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._frames: queue.Queue[Frame | None] = queue.Queue()
+        self._deferred: deque[Frame | None] = deque()
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: BinaryIO) -> None:
+        try:
+            while (frame := read_frame_sync(stream)) is not None:
+                self._frames.put(frame)
+        finally:
+            self._frames.put(None)
+
+    def next(self) -> Frame | None:
+        """The next frame to act on; None when the server has gone."""
+        if self._deferred:
+            return self._deferred.popleft()
+        return self._frames.get()
+
+    def cancel_requested(self, request_id: int) -> bool:
+        """Whether a cancel for `request_id` (or the end of input) arrived; keeps other frames for later."""
+        while True:
+            try:
+                frame = self._frames.get_nowait()
+            except queue.Empty:
+                return False
+            if frame is None or frame.header.get("op") == "shutdown":
+                self._deferred.append(frame)
+                return True
+            if frame.header.get("op") == "cancel" and frame.header.get("id") == request_id:
+                return True
+            self._deferred.append(frame)
+
+
+def _gpu(engine: Engine) -> dict[str, int]:
+    memory = engine.gpu_memory()
+    return {"allocated_bytes": memory.allocated_bytes, "reserved_bytes": memory.reserved_bytes}
+
+
+def _synthesize(engine: Engine, header: dict[str, Any], inbox: Inbox, out: BinaryIO) -> None:
+    request_id = header["id"]
+    request = SynthesisRequest(**header["request"])
+    cancelled = False
+    try:
+        for chunk in engine.synthesize(request):
+            write_frame_sync(out, Frame({"type": "chunk", "id": request_id}, np.asarray(chunk, "<f4").tobytes()))
+            if inbox.cancel_requested(request_id):
+                cancelled = True
+                break
+    except EngineInputError as error:
+        write_frame_sync(out, Frame({"type": "error", "id": request_id, "kind": "input", "param": error.param,
+                                     "message": str(error)}))
+        return
+    except Exception as error:  # the engine's failure goes back to the request, the worker stays up
+        traceback.print_exc()
+        write_frame_sync(out, Frame({"type": "error", "id": request_id, "kind": "engine",
+                                     "message": f"{type(error).__name__}: {error}"}))
+        return
+    write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": _gpu(engine)}))
+
+
+def serve(inbox: Inbox, out: BinaryIO) -> int:
+    first = inbox.next()
+    if first is None or first.header.get("op") != "load":
+        return 2
+    started = time.perf_counter()
+    try:
+        engine: Engine = resolve_engine(first.header["engine"])(first.header["options"])
+        engine.load()
+    except Exception as error:  # any load failure is reported to the server as text
+        traceback.print_exc()
+        write_frame_sync(out, Frame({"type": "load_failed", "error": f"{type(error).__name__}: {error}"}))
+        return 3
+    write_frame_sync(out, Frame({"type": "ready", "load_seconds": time.perf_counter() - started,
+                                 "gpu": _gpu(engine)}))
+    while (frame := inbox.next()) is not None:
+        op = frame.header.get("op")
+        if op == "synthesize":
+            _synthesize(engine, frame.header, inbox, out)
+        elif op == "shutdown":
+            break
+    return 0
+
+
+def main() -> int:
+    _die_with_parent()
+    out = _protocol_stdout()
+    return serve(Inbox(sys.stdin.buffer), out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

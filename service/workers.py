@@ -1,0 +1,201 @@
+"""The server's side of a worker process: start it, stream requests through it, watch it, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+from anyio.abc import Process, TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from service.engines.base import AudioChunk, GpuMemory, SynthesisRequest
+from service.ipc import Frame, FrameReader, write_frame
+from service.memory import MemoryUsage, measure
+from service.settings import PROJECT_ROOT
+from service.worker_main import PARENT_PID_ENV
+
+STOP_GRACE_SECONDS = 5.0
+CANCEL_GRACE_SECONDS = 5.0
+
+
+class WorkerLoadError(RuntimeError):
+    """The worker could not load its engine; the message is the worker's own reason."""
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process ended while serving a request."""
+
+
+class EngineRequestError(Exception):
+    """The engine refused or failed one request; the worker is still healthy."""
+
+    def __init__(self, kind: str, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.param = param
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process loads: an engine name and its options."""
+
+    model_id: str
+    engine: str
+    options: Mapping[str, Any]
+    environment: Mapping[str, str] | None = None
+
+
+def _worker_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env[PARENT_PID_ENV] = str(os.getpid())
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess:
+    """One running worker. Requests are routed by id; the process serves them one at a time."""
+
+    def __init__(self, spec: WorkerSpec, process: Process, reader: FrameReader) -> None:
+        self.spec = spec
+        self._process = process
+        self._reader = reader
+        self._ids = itertools.count(1)
+        self._pending: dict[int, MemoryObjectSendStream[Frame]] = {}
+        self._write_lock = anyio.Lock()
+        self._exited = anyio.Event()
+        self.returncode: int | None = None
+        self.load_seconds = 0.0
+        self.gpu_memory = GpuMemory()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @classmethod
+    async def start(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
+        """Start a worker and wait until its engine is loaded; raise WorkerLoadError when it cannot load."""
+        process = await anyio.open_process(
+            [sys.executable, "-m", "service.worker_main"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=_worker_environment(spec.environment),
+            start_new_session=True,
+        )
+        assert process.stdin is not None and process.stdout is not None
+        worker = cls(spec, process, FrameReader(process.stdout))
+        try:
+            await worker._send({"op": "load", "engine": spec.engine, "options": dict(spec.options)})
+            answer = await worker._reader.read()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await worker._reap(kill=True)
+            raise
+        if answer is None or answer.header.get("type") != "ready":
+            with anyio.CancelScope(shield=True):
+                returncode = await worker._reap(kill=False)
+            reason = answer.header.get("error") if answer is not None else None
+            raise WorkerLoadError(reason or f"worker exited with code {returncode} before it was ready")
+        worker.load_seconds = float(answer.header["load_seconds"])
+        worker.gpu_memory = GpuMemory(**answer.header["gpu"])
+        task_group.start_soon(worker._pump)
+        return worker
+
+    async def _send(self, header: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        async with self._write_lock:
+            await write_frame(self._process.stdin, Frame(header))
+
+    async def _pump(self) -> None:
+        """Route the worker's frames to their requests until it exits; then fail whatever is still waiting."""
+        try:
+            while (frame := await self._reader.read()) is not None:
+                stream = self._pending.get(frame.header.get("id", -1))
+                if stream is not None:
+                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        await stream.send(frame)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self.returncode = await self._process.wait()
+                self._exited.set()
+                for stream in self._pending.values():
+                    stream.close()
+
+    async def wait(self) -> int:
+        """Wait until the process has exited and return its exit code."""
+        await self._exited.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    @property
+    def exited(self) -> bool:
+        return self._exited.is_set()
+
+    async def memory(self) -> MemoryUsage:
+        return await measure(self.pid)
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+        """Audio chunks as the worker produces them."""
+        request_id = next(self._ids)
+        send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=1024)
+        self._pending[request_id] = send
+        finished = False
+        try:
+            await self._send({"op": "synthesize", "id": request_id, "request": request.to_dict()})
+            async for frame in receive:
+                kind = frame.header["type"]
+                if kind == "chunk":
+                    yield np.frombuffer(frame.payload, dtype="<f4")
+                    continue
+                finished = True
+                if kind == "error":
+                    raise EngineRequestError(frame.header["kind"], frame.header["message"], frame.header.get("param"))
+                self.gpu_memory = GpuMemory(**frame.header["gpu"])
+                return
+            raise WorkerCrashed(f"worker of {self.spec.model_id!r} exited with code {await self.wait()} mid-request")
+        finally:
+            if not finished and not self.exited:
+                await self._cancel(request_id, receive)
+            self._pending.pop(request_id, None)
+            send.close()
+            receive.close()
+
+    async def _cancel(self, request_id: int, receive: MemoryObjectReceiveStream[Frame]) -> None:
+        """Tell the worker to stop this request and wait for its last frame, so the next request starts clean."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
+            await self._send({"op": "cancel", "id": request_id})
+            async for frame in receive:
+                if frame.header["type"] != "chunk":
+                    break
+
+    async def stop(self) -> int:
+        """End the process: ask politely, then terminate, then kill. Returns its exit code."""
+        with anyio.CancelScope(shield=True):
+            if not self.exited:
+                try:
+                    await self._send({"op": "shutdown"})
+                    assert self._process.stdin is not None
+                    await self._process.stdin.aclose()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass
+            return await self._reap(kill=False)
+
+    async def _reap(self, *, kill: bool) -> int:
+        if kill:
+            self._process.kill()
+        with anyio.move_on_after(STOP_GRACE_SECONDS):
+            return await self._process.wait()
+        self._process.terminate()
+        with anyio.move_on_after(STOP_GRACE_SECONDS):
+            return await self._process.wait()
+        self._process.kill()
+        return await self._process.wait()
