@@ -28,6 +28,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.lazy_loader import LazyLoader
 from service.metrics import Metrics
 from service.model_admin import ModelAdmin
+from service.model_config import load_model_config
 from service.settings import PROJECT_ROOT, Settings
 from service.speech import SpeechService
 from service.workers import WorkerProcess
@@ -57,7 +58,8 @@ def _openapi_config() -> OpenAPIConfig:
 def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
     """The whole service for these settings; `extra_models` adds configured models beside the discovered ones."""
     settings = settings or Settings()
-    catalog = Catalog.from_settings(settings, extra_models)
+    configured = load_model_config(settings.models_config, settings) if settings.models_config else []
+    catalog = Catalog.from_settings(settings, [*configured, *extra_models])
 
     async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
         return await WorkerProcess.start(catalog.get(model).worker_spec(), task_group)

@@ -53,6 +53,10 @@ class Settings:
         default=None,
         metadata={"option": Option("MODELS_DIR", "--models-dir", "folder searched for extra voices (*.onnx + .json)")},
     )
+    models_config: Path | None = field(
+        default=None,
+        metadata={"option": Option("MODELS_CONFIG", "--models-config", "TOML file listing models explicitly")},
+    )
     default_model: str = field(
         default="piper-joe",
         metadata={"option": Option("DEFAULT_MODEL", "--default-model", "model used for tts-1 / tts-1-hd")},
@@ -127,6 +131,7 @@ def _convert(name: str, raw: str) -> object:
         "max_input_chars": int,
         "auto_unload": _parse_bool,
         "models_dir": Path,
+        "models_config": Path,
         "preload": _split_ids,
         "pinned": _split_ids,
     }

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from service.app import create_app
+from service.catalog import ModelSpec
+from service.lazy_loader import LazyLoader, ModelPolicy
+from service.settings import PROJECT_ROOT, Settings
+from service.workers import WorkerProcess
+from tests.support.engines import TONE_ENGINE
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def tone_model(model_id: str = "tone", idle_timeout: float = 300.0, **options: Any) -> ModelSpec:
+    """A model served by the tone test engine in a real worker process."""
+    return ModelSpec.create(model_id, TONE_ENGINE, options, ModelPolicy(idle_timeout=idle_timeout))
+
+
+AppFactory = Callable[..., Litestar]
+
+
+@pytest.fixture
+def make_client() -> Callable[..., AsyncTestClient[Litestar]]:
+    """An in-process client (lifespan included) for an app built from settings and extra models."""
+
+    def build(settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()) -> AsyncTestClient[Litestar]:
+        return AsyncTestClient(create_app(settings or Settings(), models), timeout=60)
+
+    return build
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., AsyncTestClient[Litestar]]) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with make_client() as test_client:
+        yield test_client
+
+
+def loader_of(test_client: AsyncTestClient[Litestar]) -> LazyLoader[WorkerProcess]:
+    loader: LazyLoader[WorkerProcess] = test_client.app.state.loader
+    return loader
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process, from /proc."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(child) for child in children.read_text().split()]
+    except OSError:
+        return []
+
+
+class ServerProcess:
+    """`python -m service` in a subprocess, as a user runs it."""
+
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise TimeoutError(f"server not ready:\n{self.log()}")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        port = free_port()
+        log_path = tmp_path / f"server-{port}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(port), *args],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                server.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                server.process.wait()
