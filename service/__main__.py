@@ -25,8 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, LookupError) as error:
         log.error("configuration_invalid", error=str(error))
         return 2
-    log.info("service_starting", host=settings.host, port=settings.port, models=list(app.state.catalog.specs),
-             default_model=settings.default_model, idle_timeout=settings.idle_timeout)
+    log.info(
+        "service_starting",
+        host=settings.host,
+        port=settings.port,
+        models=list(app.state.catalog.specs),
+        default_model=settings.default_model,
+        idle_timeout=settings.idle_timeout,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=None)
     return 0
 

@@ -97,10 +97,10 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             ModelsController,
             OpenAIController,
             MetricsController,
-            create_static_files_router(path="/static/docs", directories=[DOCS_ASSETS], name="docs-assets",
-                                       include_in_schema=False),
-            create_static_files_router(path="/static", directories=[PROJECT_ROOT / "static"],
-                                       include_in_schema=False),
+            create_static_files_router(
+                path="/static/docs", directories=[DOCS_ASSETS], name="docs-assets", include_in_schema=False
+            ),
+            create_static_files_router(path="/static", directories=[PROJECT_ROOT / "static"], include_in_schema=False),
         ],
         dependencies={
             "settings": provide(settings),

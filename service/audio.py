@@ -85,9 +85,13 @@ class WavEncoder:
         data_bytes = _UNKNOWN_LENGTH if self._total_samples is None else self._total_samples * 2
         riff_bytes = _UNKNOWN_LENGTH if self._total_samples is None else 36 + data_bytes
         return (
-            b"RIFF" + struct.pack("<I", riff_bytes) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, self._sample_rate, self._sample_rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", data_bytes)
+            b"RIFF"
+            + struct.pack("<I", riff_bytes)
+            + b"WAVE"
+            + b"fmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, self._sample_rate, self._sample_rate * 2, 2, 16)
+            + b"data"
+            + struct.pack("<I", data_bytes)
         )
 
     def encode(self, audio: Audio) -> bytes:
@@ -164,8 +168,9 @@ class OggOpusEncoder:
 
     def __init__(self, sample_rate: int) -> None:
         self._buffer = _GrowingBuffer()
-        self._file = soundfile.SoundFile(self._buffer, "w", samplerate=sample_rate, channels=1, format="OGG",
-                                         subtype="OPUS")
+        self._file = soundfile.SoundFile(
+            self._buffer, "w", samplerate=sample_rate, channels=1, format="OGG", subtype="OPUS"
+        )
 
     def encode(self, audio: Audio) -> bytes:
         self._file.write(audio)
@@ -219,12 +224,15 @@ _ENCODERS: dict[AudioFormat, Callable[[int, int | None], Encoder]] = {
 }
 
 
-def create_encoder(audio_format: AudioFormat, engine_rate: int, output_rate: int,
-                   total_samples: int | None = None) -> Encoder:
+def create_encoder(
+    audio_format: AudioFormat, engine_rate: int, output_rate: int, total_samples: int | None = None
+) -> Encoder:
     """An encoder for `audio_format` taking audio at `engine_rate` and writing it at `output_rate`."""
     if audio_format not in _ENCODERS:
-        raise ValueError(f"response_format {audio_format.value!r} is not supported; use one of "
-                         f"{[f.value for f in SUPPORTED_FORMATS]}")
+        raise ValueError(
+            f"response_format {audio_format.value!r} is not supported; use one of "
+            f"{[f.value for f in SUPPORTED_FORMATS]}"
+        )
     if engine_rate == output_rate:
         return _ENCODERS[audio_format](output_rate, total_samples)
     return ResamplingEncoder(_ENCODERS[audio_format](output_rate, None), engine_rate, output_rate)

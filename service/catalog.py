@@ -32,8 +32,9 @@ class ModelSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, model_id: str, engine: str, options: Mapping[str, Any], policy: ModelPolicy,
-               owned_by: str = "local") -> ModelSpec:
+    def create(
+        cls, model_id: str, engine: str, options: Mapping[str, Any], policy: ModelPolicy, owned_by: str = "local"
+    ) -> ModelSpec:
         """Describe the engine from its options (cheap: no weights are read)."""
         capabilities = resolve_engine(engine).describe(options)
         return cls(model_id, engine, dict(options), capabilities, policy, owned_by)
@@ -61,8 +62,11 @@ def discover_models(settings: Settings) -> list[ModelSpec]:
         for model_path in sorted(Path(settings.models_dir).rglob("*.onnx")):
             if Path(f"{model_path}.json").is_file():
                 voice = model_path.name.removesuffix(".onnx")
-                specs.append(ModelSpec.create(f"piper-{voice}", "piper", {"model_path": str(model_path)},
-                                              _policy(settings), owned_by="piper"))
+                specs.append(
+                    ModelSpec.create(
+                        f"piper-{voice}", "piper", {"model_path": str(model_path)}, _policy(settings), owned_by="piper"
+                    )
+                )
     return specs
 
 

@@ -25,8 +25,15 @@ _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
 class ApiError(Exception):
     """An error with its HTTP status, the request field it concerns and a stable code."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -83,8 +90,13 @@ def _validation_error(error: ValidationException) -> ApiError:
 def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     api_error = as_api_error(error)
     if api_error.status >= 500:
-        log.error("request_failed", path=request.url.path, status=api_error.status, error=str(error),
-                  exc_info=api_error.code == "internal_error")
+        log.error(
+            "request_failed",
+            path=request.url.path,
+            status=api_error.status,
+            error=str(error),
+            exc_info=api_error.code == "internal_error",
+        )
     return Response(api_error.body(), status_code=api_error.status, headers=api_error.headers)
 
 

@@ -85,9 +85,7 @@ class LoadFailed(ModelUnavailable):
 
 class CapacityExhausted(ModelUnavailable):
     def __init__(self, model_id: str, waited: float) -> None:
-        super().__init__(
-            f"no room to load {model_id!r}: every loaded model is busy or pinned (waited {waited:.1f} s)"
-        )
+        super().__init__(f"no room to load {model_id!r}: every loaded model is busy or pinned (waited {waited:.1f} s)")
         self.retry_after = max(1.0, waited)
 
 
@@ -187,8 +185,9 @@ class _Slot(Generic[W]):
 class Lease(Generic[W]):
     """A request's hold on a loaded model: while any lease is held, nothing unloads it."""
 
-    def __init__(self, loader: LazyLoader[W], slot: _Slot[W], worker: W, load_seconds: float | None,
-                 queued_seconds: float) -> None:
+    def __init__(
+        self, loader: LazyLoader[W], slot: _Slot[W], worker: W, load_seconds: float | None, queued_seconds: float
+    ) -> None:
         self._loader = loader
         self._slot = slot
         self.worker = worker
@@ -350,8 +349,14 @@ class LazyLoader(Generic[W]):
         """Drain the model's requests, then end its worker."""
         return await self._unload(self._slot(model), reason)
 
-    def configure(self, model: str, *, idle_timeout: float | None = None, auto_unload: bool | None = None,
-                  pinned: bool | None = None) -> None:
+    def configure(
+        self,
+        model: str,
+        *,
+        idle_timeout: float | None = None,
+        auto_unload: bool | None = None,
+        pinned: bool | None = None,
+    ) -> None:
         slot = self._slot(model)
         if idle_timeout is not None:
             slot.policy.idle_timeout = idle_timeout
@@ -359,8 +364,13 @@ class LazyLoader(Generic[W]):
             slot.policy.auto_unload = auto_unload
         if pinned is not None:
             slot.policy.pinned = pinned
-        self._record("model_policy_changed", slot, idle_timeout=slot.policy.idle_timeout,
-                     auto_unload=slot.policy.auto_unload, pinned=slot.policy.pinned)
+        self._record(
+            "model_policy_changed",
+            slot,
+            idle_timeout=slot.policy.idle_timeout,
+            auto_unload=slot.policy.auto_unload,
+            pinned=slot.policy.pinned,
+        )
         self._notify(slot)
 
     # ---- loading
@@ -386,8 +396,14 @@ class LazyLoader(Generic[W]):
         except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
             slot.state = SlotState.FAILED
             slot.last_error = str(error) or type(error).__name__
-            self._finish_attempt(slot, attempt, LoadFailed(slot.model, slot.last_error), "model_load_failed",
-                                 reason=slot.last_error, seconds=round(anyio.current_time() - started, 3))
+            self._finish_attempt(
+                slot,
+                attempt,
+                LoadFailed(slot.model, slot.last_error),
+                "model_load_failed",
+                reason=slot.last_error,
+                seconds=round(anyio.current_time() - started, 3),
+            )
             return
         finally:
             slot.launching = False
@@ -401,11 +417,20 @@ class LazyLoader(Generic[W]):
         slot.last_used = time.time()
         slot.last_memory = await worker.memory()
         self._task_group.start_soon(self._watch, slot, worker, name=f"watch:{slot.model}")
-        self._finish_attempt(slot, attempt, None, "model_loaded", seconds=round(attempt.seconds, 3), pid=worker.pid,
-                             rss_bytes=slot.last_memory.rss_bytes, gpu_bytes=slot.last_memory.gpu_bytes)
+        self._finish_attempt(
+            slot,
+            attempt,
+            None,
+            "model_loaded",
+            seconds=round(attempt.seconds, 3),
+            pid=worker.pid,
+            rss_bytes=slot.last_memory.rss_bytes,
+            gpu_bytes=slot.last_memory.gpu_bytes,
+        )
 
-    def _finish_attempt(self, slot: _Slot[W], attempt: _LoadAttempt, error: ModelUnavailable | None, event: str,
-                        **fields: Any) -> None:
+    def _finish_attempt(
+        self, slot: _Slot[W], attempt: _LoadAttempt, error: ModelUnavailable | None, event: str, **fields: Any
+    ) -> None:
         attempt.error = error
         attempt.done.set()
         self._record(event, slot, **fields)
@@ -461,8 +486,14 @@ class LazyLoader(Generic[W]):
             slot.last_unload_reason = UnloadReason.CRASH
             slot.last_error = f"worker (pid {worker.pid}) exited unexpectedly with code {code}"
             slot.unloads[UnloadReason.CRASH] += 1
-            self._record("worker_exited_unexpectedly", slot, pid=worker.pid, exit_code=code,
-                         requests_affected=slot.running, level="warning")
+            self._record(
+                "worker_exited_unexpectedly",
+                slot,
+                pid=worker.pid,
+                exit_code=code,
+                requests_affected=slot.running,
+                level="warning",
+            )
             self._notify(slot)
 
     # ---- unloading
@@ -484,8 +515,9 @@ class LazyLoader(Generic[W]):
             slot.drains -= 1
             self._notify(slot)
 
-    async def _stop_worker(self, slot: _Slot[W], reason: UnloadReason, drained: int,
-                           previous: SlotState) -> UnloadReport:
+    async def _stop_worker(
+        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState
+    ) -> UnloadReport:
         with anyio.CancelScope(shield=True):
             worker = slot.worker
             if worker is None or slot.state is not SlotState.LOADED:
@@ -502,14 +534,31 @@ class LazyLoader(Generic[W]):
             slot.last_unload_reason = reason
             slot.unloads[reason] += 1
             seconds = anyio.current_time() - started
-            self._record("model_unloaded", slot, reason=reason, pid=worker.pid, exit_code=exit_code,
-                         idle_seconds=round(idle_seconds, 3), requests_drained=drained,
-                         freed_rss_bytes=usage.rss_bytes, freed_gpu_bytes=usage.gpu_bytes)
+            self._record(
+                "model_unloaded",
+                slot,
+                reason=reason,
+                pid=worker.pid,
+                exit_code=exit_code,
+                idle_seconds=round(idle_seconds, 3),
+                requests_drained=drained,
+                freed_rss_bytes=usage.rss_bytes,
+                freed_gpu_bytes=usage.gpu_bytes,
+            )
             self._notify(slot)
             return self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
 
-    def _report(self, slot: _Slot[W], previous: SlotState, reason: UnloadReason | None, drained: int,
-                pid: int | None, exit_code: int | None, usage: MemoryUsage | None, seconds: float) -> UnloadReport:
+    def _report(
+        self,
+        slot: _Slot[W],
+        previous: SlotState,
+        reason: UnloadReason | None,
+        drained: int,
+        pid: int | None,
+        exit_code: int | None,
+        usage: MemoryUsage | None,
+        seconds: float,
+    ) -> UnloadReport:
         return UnloadReport(
             model=slot.model,
             previous_state=previous,

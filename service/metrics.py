@@ -37,22 +37,42 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.loads = Counter("tts_model_loads", "Model loads by outcome", ["model", "outcome"],
-                             registry=self.registry)
-        self.load_seconds = Histogram("tts_model_load_seconds", "Time to load a model into a worker", ["model"],
-                                      buckets=LOAD_BUCKETS, registry=self.registry)
-        self.unloads = Counter("tts_model_unloads", "Model unloads by reason", ["model", "reason"],
-                               registry=self.registry)
-        self.requests = Counter("tts_requests", "Finished speech requests", ["model", "cold"],
-                                registry=self.registry)
-        self.latency = Histogram("tts_request_seconds", "Speech request latency", ["model", "cold"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.first_audio = Histogram("tts_time_to_first_audio_seconds", "Time until the first audio chunk",
-                                     ["model", "cold"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.audio_seconds = Counter("tts_audio_seconds", "Seconds of audio produced", ["model"],
-                                     registry=self.registry)
-        self.real_time_factor = Histogram("tts_real_time_factor", "Request seconds per second of audio", ["model"],
-                                          buckets=RTF_BUCKETS, registry=self.registry)
+        self.loads = Counter("tts_model_loads", "Model loads by outcome", ["model", "outcome"], registry=self.registry)
+        self.load_seconds = Histogram(
+            "tts_model_load_seconds",
+            "Time to load a model into a worker",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=self.registry,
+        )
+        self.unloads = Counter(
+            "tts_model_unloads", "Model unloads by reason", ["model", "reason"], registry=self.registry
+        )
+        self.requests = Counter("tts_requests", "Finished speech requests", ["model", "cold"], registry=self.registry)
+        self.latency = Histogram(
+            "tts_request_seconds",
+            "Speech request latency",
+            ["model", "cold"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_audio = Histogram(
+            "tts_time_to_first_audio_seconds",
+            "Time until the first audio chunk",
+            ["model", "cold"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.audio_seconds = Counter(
+            "tts_audio_seconds", "Seconds of audio produced", ["model"], registry=self.registry
+        )
+        self.real_time_factor = Histogram(
+            "tts_real_time_factor",
+            "Request seconds per second of audio",
+            ["model"],
+            buckets=RTF_BUCKETS,
+            registry=self.registry,
+        )
 
     def watch(self, loader: LazyLoader[Worker]) -> None:
         self.registry.register(_SlotCollector(loader))
@@ -70,8 +90,9 @@ class Metrics:
         elif name == "worker_exited_unexpectedly":
             self.unloads.labels(model, "crash").inc()
 
-    def request_finished(self, model: str, cold: bool, seconds: float, audio_seconds: float,
-                         time_to_first_audio: float | None) -> None:
+    def request_finished(
+        self, model: str, cold: bool, seconds: float, audio_seconds: float, time_to_first_audio: float | None
+    ) -> None:
         labels = (model, "true" if cold else "false")
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)

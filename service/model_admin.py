@@ -41,8 +41,9 @@ class ModelAdmin:
         self.catalog.get(model)
         return unload_report(await self.loader.unload(model))
 
-    async def configure(self, model: str, *, idle_timeout: float | None, auto_unload: bool | None,
-                        pinned: bool | None) -> dict[str, Any]:
+    async def configure(
+        self, model: str, *, idle_timeout: float | None, auto_unload: bool | None, pinned: bool | None
+    ) -> dict[str, Any]:
         self.catalog.get(model)
         self.loader.configure(model, idle_timeout=idle_timeout, auto_unload=auto_unload, pinned=pinned)
         return await self.status(model)

@@ -1,14 +1,14 @@
 """The optional models file (TOML): explicitly configured models beside the discovered ones.
 
-    [[models]]
-    id = "my-voice"
-    engine = "piper"                 # or "package.module:Class"
-    idle_timeout = 600               # optional; default IDLE_TIMEOUT
-    auto_unload = true               # optional
-    pinned = false                   # optional
-    preload = false                  # optional
-    [models.options]                 # passed to the engine
-    model_path = "/models/voice.onnx"
+[[models]]
+id = "my-voice"
+engine = "piper"                 # or "package.module:Class"
+idle_timeout = 600               # optional; default IDLE_TIMEOUT
+auto_unload = true               # optional
+pinned = false                   # optional
+preload = false                  # optional
+[models.options]                 # passed to the engine
+model_path = "/models/voice.onnx"
 """
 
 from __future__ import annotations

@@ -78,9 +78,7 @@ class Settings:
     capacity_wait: float = field(
         default=30.0,
         metadata={
-            "option": Option(
-                "CAPACITY_WAIT", "--capacity-wait", "seconds a load waits for room before answering 503"
-            )
+            "option": Option("CAPACITY_WAIT", "--capacity-wait", "seconds a load waits for room before answering 503")
         },
     )
     preload: tuple[str, ...] = field(

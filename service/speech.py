@@ -45,18 +45,26 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     ] = None
     stream_format: Annotated[
         Literal["audio", "sse"] | None,
-        msgspec.Meta(description="audio: stream encoded audio as it is made; sse: server-sent events with base64 "
-                     "chunks; absent: one complete file."),
+        msgspec.Meta(
+            description="audio: stream encoded audio as it is made; sse: server-sent events with base64 "
+            "chunks; absent: one complete file."
+        ),
     ] = None
     sample_rate: (
-        Annotated[int, msgspec.Meta(ge=8000, le=48000, description="Output sample rate; default: the model's own "
-                                    "(24 kHz for pcm).")]
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=8000, le=48000, description="Output sample rate; default: the model's own (24 kHz for pcm)."
+            ),
+        ]
         | None
     ) = None
     keep_alive: Annotated[
         str | float | None,
-        msgspec.Meta(description="How long the model stays loaded after this request: seconds or a duration such "
-                     "as '10m' or '1h30m'; negative: until unloaded by hand; 0: unload right after it."),
+        msgspec.Meta(
+            description="How long the model stays loaded after this request: seconds or a duration such "
+            "as '10m' or '1h30m'; negative: until unloaded by hand; 0: unload right after it."
+        ),
     ] = None
 
 
@@ -66,7 +74,9 @@ def parse_keep_alive(value: str | float | None) -> float | None:
         return None
     if isinstance(value, (int, float)):
         if not np.isfinite(value):
-            raise ApiError(400, "keep_alive must be a finite number of seconds", param="keep_alive", code="invalid_value")
+            raise ApiError(
+                400, "keep_alive must be a finite number of seconds", param="keep_alive", code="invalid_value"
+            )
         return float(value)
     text = value.strip().lower()
     sign = -1.0 if text.startswith("-") else 1.0
@@ -77,8 +87,12 @@ def parse_keep_alive(value: str | float | None) -> float | None:
         pass
     parts = _DURATION_PART.findall(body)
     if not body or "".join(number + unit for number, unit in parts) != body:
-        raise ApiError(400, f"keep_alive {value!r} is not a duration: use seconds or forms like '10m', '1h30m', "
-                       "'-1'", param="keep_alive", code="invalid_value")
+        raise ApiError(
+            400,
+            f"keep_alive {value!r} is not a duration: use seconds or forms like '10m', '1h30m', '-1'",
+            param="keep_alive",
+            code="invalid_value",
+        )
     return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
@@ -110,8 +124,9 @@ class SpeechResult:
 
 
 class SpeechService:
-    def __init__(self, catalog: Catalog, loader: LazyLoader[WorkerProcess], metrics: Metrics,
-                 max_input_chars: int) -> None:
+    def __init__(
+        self, catalog: Catalog, loader: LazyLoader[WorkerProcess], metrics: Metrics, max_input_chars: int
+    ) -> None:
         self._catalog = catalog
         self._loader = loader
         self._metrics = metrics
@@ -122,30 +137,47 @@ class SpeechService:
         if not request.input.strip():
             raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
         if len(request.input) > self._max_input_chars:
-            raise ApiError(400, f"input is {len(request.input)} characters; the limit is {self._max_input_chars}",
-                           param="input", code="string_above_max_length")
+            raise ApiError(
+                400,
+                f"input is {len(request.input)} characters; the limit is {self._max_input_chars}",
+                param="input",
+                code="string_above_max_length",
+            )
         spec = self._catalog.resolve(request.model)
         capabilities = spec.capabilities
         voice = request.voice or capabilities.default_voice
         if voice in OPENAI_VOICES and voice not in capabilities.voices:
             voice = capabilities.default_voice
         if voice not in capabilities.voices:
-            raise ApiError(400, f"voice {voice!r} is not a voice of model {spec.id!r}; available: "
-                           f"{', '.join(capabilities.voices)} (or an OpenAI voice name for the default)",
-                           param="voice", code="invalid_value")
+            raise ApiError(
+                400,
+                f"voice {voice!r} is not a voice of model {spec.id!r}; available: "
+                f"{', '.join(capabilities.voices)} (or an OpenAI voice name for the default)",
+                param="voice",
+                code="invalid_value",
+            )
         if request.instructions and not capabilities.supports_instructions:
-            raise ApiError(400, f"model {spec.id!r} cannot follow instructions; leave the field out or pick a model "
-                           "that supports it", param="instructions", code="unsupported_value")
+            raise ApiError(
+                400,
+                f"model {spec.id!r} cannot follow instructions; leave the field out or pick a model that supports it",
+                param="instructions",
+                code="unsupported_value",
+            )
         if request.speed != 1.0 and not capabilities.supports_speed:
             raise ApiError(400, f"model {spec.id!r} cannot change speed", param="speed", code="unsupported_value")
         audio_format = AudioFormat(request.response_format)
         if audio_format is AudioFormat.AAC:
-            raise ApiError(400, "response_format 'aac' is not available on this server; use mp3, opus, flac, wav "
-                           "or pcm", param="response_format", code="unsupported_value")
+            raise ApiError(
+                400,
+                "response_format 'aac' is not available on this server; use mp3, opus, flac, wav or pcm",
+                param="response_format",
+                code="unsupported_value",
+            )
         return SpeechPlan(
             spec=spec,
-            synthesis=SynthesisRequest(text=request.input, voice=voice, speed=request.speed,
-                                       instructions=request.instructions),
+            synthesis=SynthesisRequest(
+                text=request.input, voice=voice, speed=request.speed, instructions=request.instructions
+            ),
             audio_format=audio_format,
             output_rate=output_sample_rate(audio_format, capabilities.sample_rate, request.sample_rate),
             keep_alive=parse_keep_alive(request.keep_alive),
@@ -215,13 +247,26 @@ class SpeechService:
         media_type = "text/event-stream" if sse else MEDIA_TYPES[plan.audio_format]
         return SpeechResult(audio, media_type, self._headers(plan, lease))
 
-    def _finished(self, plan: SpeechPlan, lease: Lease[WorkerProcess], audio_seconds: float,
-                  first_audio: float | None, *, streamed: bool) -> None:
+    def _finished(
+        self,
+        plan: SpeechPlan,
+        lease: Lease[WorkerProcess],
+        audio_seconds: float,
+        first_audio: float | None,
+        *,
+        streamed: bool,
+    ) -> None:
         seconds = time.perf_counter() - plan.started
         time_to_first_audio = None if first_audio is None else first_audio - plan.started
         self._metrics.request_finished(plan.spec.id, lease.cold, seconds, audio_seconds, time_to_first_audio)
-        log.info("request_finished", model=plan.spec.id, cold=lease.cold, seconds=round(seconds, 3),
-                 load_seconds=None if lease.load_seconds is None else round(lease.load_seconds, 3),
-                 audio_seconds=round(audio_seconds, 3),
-                 real_time_factor=round(seconds / audio_seconds, 4) if audio_seconds else None,
-                 format=plan.audio_format.value, streamed=streamed)
+        log.info(
+            "request_finished",
+            model=plan.spec.id,
+            cold=lease.cold,
+            seconds=round(seconds, 3),
+            load_seconds=None if lease.load_seconds is None else round(lease.load_seconds, 3),
+            audio_seconds=round(audio_seconds, 3),
+            real_time_factor=round(seconds / audio_seconds, 4) if audio_seconds else None,
+            format=plan.audio_format.value,
+            streamed=streamed,
+        )

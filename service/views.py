@@ -22,9 +22,7 @@ def model_status(snapshot: SlotSnapshot, spec: ModelSpec, gpu_allocated: int, gp
         "auto_unload": snapshot.policy.auto_unload,
         "idle_timeout": snapshot.keep_alive if snapshot.keep_alive is not None else snapshot.policy.idle_timeout,
         "idle_time": None if snapshot.idle_seconds is None else round(snapshot.idle_seconds, 3),
-        "time_until_unload": None
-        if snapshot.seconds_until_unload is None
-        else round(snapshot.seconds_until_unload, 3),
+        "time_until_unload": None if snapshot.seconds_until_unload is None else round(snapshot.seconds_until_unload, 3),
         "gpu_memory_allocated_gb": _gigabytes(gpu_allocated) if snapshot.loaded else 0.0,
         "gpu_memory_reserved_gb": _gigabytes(gpu_reserved) if snapshot.loaded else 0.0,
         "state": snapshot.state.value,

@@ -96,13 +96,17 @@ def _synthesize(engine: Engine, header: dict[str, Any], inbox: Inbox, out: Binar
                 cancelled = True
                 break
     except EngineInputError as error:
-        write_frame_sync(out, Frame({"type": "error", "id": request_id, "kind": "input", "param": error.param,
-                                     "message": str(error)}))
+        write_frame_sync(
+            out,
+            Frame({"type": "error", "id": request_id, "kind": "input", "param": error.param, "message": str(error)}),
+        )
         return
     except Exception as error:  # the engine's failure goes back to the request, the worker stays up
         traceback.print_exc()
-        write_frame_sync(out, Frame({"type": "error", "id": request_id, "kind": "engine",
-                                     "message": f"{type(error).__name__}: {error}"}))
+        write_frame_sync(
+            out,
+            Frame({"type": "error", "id": request_id, "kind": "engine", "message": f"{type(error).__name__}: {error}"}),
+        )
         return
     write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": _gpu(engine)}))
 
@@ -119,8 +123,7 @@ def serve(inbox: Inbox, out: BinaryIO) -> int:
         traceback.print_exc()
         write_frame_sync(out, Frame({"type": "load_failed", "error": f"{type(error).__name__}: {error}"}))
         return 3
-    write_frame_sync(out, Frame({"type": "ready", "load_seconds": time.perf_counter() - started,
-                                 "gpu": _gpu(engine)}))
+    write_frame_sync(out, Frame({"type": "ready", "load_seconds": time.perf_counter() - started, "gpu": _gpu(engine)}))
     while (frame := inbox.next()) is not None:
         op = frame.header.get("op")
         if op == "synthesize":

@@ -91,7 +91,8 @@ class WorkerProcess:
             env=_worker_environment(spec.environment),
             start_new_session=True,
         )
-        assert process.stdin is not None and process.stdout is not None
+        assert process.stdin is not None
+        assert process.stdout is not None
         worker = cls(spec, process, FrameReader(process.stdout))
         try:
             await worker._send({"op": "load", "engine": spec.engine, "options": dict(spec.options)})

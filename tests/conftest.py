@@ -7,13 +7,15 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from litestar import Litestar
-from litestar.testing import AsyncTestClient
+import uvicorn
 
 from service.app import create_app
 from service.catalog import ModelSpec
@@ -33,28 +35,51 @@ def tone_model(model_id: str = "tone", idle_timeout: float = 300.0, **options: A
     return ModelSpec.create(model_id, TONE_ENGINE, options, ModelPolicy(idle_timeout=idle_timeout))
 
 
-AppFactory = Callable[..., Litestar]
+class AppClient(httpx.AsyncClient):
+    """An HTTP client talking over a real socket to an app served by uvicorn in the test's own event loop."""
+
+    def __init__(self, app: Litestar, base_url: str) -> None:
+        super().__init__(base_url=base_url, timeout=60)
+        self.app = app
+
+    @property
+    def loader(self) -> LazyLoader[WorkerProcess]:
+        loader: LazyLoader[WorkerProcess] = self.app.state.loader
+        return loader
+
+
+@asynccontextmanager
+async def serve(app: Litestar) -> AsyncIterator[AppClient]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
+    async with anyio.create_task_group() as group:
+        group.start_soon(server.serve)
+        with anyio.fail_after(30):
+            while not server.started:
+                await anyio.sleep(0.01)
+        async with AppClient(app, f"http://127.0.0.1:{server.config.port}") as client:
+            yield client
+        server.should_exit = True
+
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
 
 
 @pytest.fixture
-def make_client() -> Callable[..., AsyncTestClient[Litestar]]:
-    """An in-process client (lifespan included) for an app built from settings and extra models."""
+def make_client() -> ClientFactory:
+    """Serve an app built from settings and extra models; the context yields a client for it."""
 
-    def build(settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()) -> AsyncTestClient[Litestar]:
-        return AsyncTestClient(create_app(settings or Settings(), models), timeout=60)
+    def build(settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()) -> AbstractAsyncContextManager[
+        AppClient
+    ]:
+        return serve(create_app(settings or Settings(), models))
 
     return build
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., AsyncTestClient[Litestar]]) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with make_client() as test_client:
-        yield test_client
-
-
-def loader_of(test_client: AsyncTestClient[Litestar]) -> LazyLoader[WorkerProcess]:
-    loader: LazyLoader[WorkerProcess] = test_client.app.state.loader
-    return loader
+async def client(make_client: ClientFactory) -> AsyncIterator[AppClient]:
+    async with make_client() as app_client:
+        yield app_client
 
 
 def free_port() -> int:

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 from service.lazy_loader import LazyLoader
 from service.model_admin import ModelAdmin
@@ -10,15 +11,17 @@ from service.workers import WorkerProcess
 
 
 class HealthController(Controller):
-    tags = ["health"]
+    tags: ClassVar[list[str]] = ["health"]
 
     @get("/healthz", operation_id="healthz")
-    async def healthz(self, admin: ModelAdmin) -> dict[str, Any]:
+    async def healthz(self, admin: NamedDependency[ModelAdmin]) -> dict[str, Any]:
         """Liveness: the server answers. Public, with a count of models per state."""
         return {"status": "ok", "models": admin.summary()}
 
     @get("/readyz", operation_id="readyz")
-    async def readyz(self, admin: ModelAdmin, loader: LazyLoader[WorkerProcess]) -> Response[dict[str, Any]]:
+    async def readyz(
+        self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[WorkerProcess]]
+    ) -> Response[dict[str, Any]]:
         """Readiness: 200 while the server takes requests, 503 once it is shutting down."""
         ready = not loader.closing
         body = {"status": "ready" if ready else "shutting_down", "models": admin.summary()}

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.metrics import Metrics
 
 
 class MetricsController(Controller):
-    tags = ["operations"]
+    tags: ClassVar[list[str]] = ["operations"]
 
     @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST)
-    async def metrics(self, metrics: Metrics) -> Response[bytes]:
+    async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
         """Prometheus metrics: loads, unloads by reason, loaded models, queue depth, latency, real-time factor."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 from litestar import Controller, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from service.model_admin import ModelAdmin
 
@@ -18,30 +20,33 @@ class ModelSettings(msgspec.Struct, kw_only=True):
 
 class ModelsController(Controller):
     path = "/api/v1/models"
-    tags = ["models"]
+    tags: ClassVar[list[str]] = ["models"]
 
     @get("/status", operation_id="modelsStatus")
-    async def status(self, admin: ModelAdmin) -> dict[str, dict[str, Any]]:
+    async def status(self, admin: NamedDependency[ModelAdmin]) -> dict[str, dict[str, Any]]:
         """Every model's state, memory, requests and idle countdown, keyed by model id."""
         return await admin.all_status()
 
     @get("/{model_id:str}/status", operation_id="modelStatus")
-    async def model_status(self, admin: ModelAdmin, model_id: str) -> dict[str, Any]:
+    async def model_status(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """One model's status."""
         return await admin.status(model_id)
 
     @post("/{model_id:str}/load", operation_id="loadModel", status_code=200)
-    async def load(self, admin: ModelAdmin, model_id: str) -> dict[str, Any]:
+    async def load(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """Load the model now (no-op if loaded); answers with its status once it is loaded."""
         return await admin.load(model_id)
 
     @post("/{model_id:str}/unload", operation_id="unloadModel", status_code=200)
-    async def unload(self, admin: ModelAdmin, model_id: str) -> dict[str, Any]:
+    async def unload(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """Let requests in flight finish, end the worker, and report the memory freed."""
         return await admin.unload(model_id)
 
     @patch("/{model_id:str}", operation_id="configureModel")
-    async def configure(self, admin: ModelAdmin, model_id: str, data: ModelSettings) -> dict[str, Any]:
+    async def configure(
+        self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str], data: JSONBody[ModelSettings]
+    ) -> dict[str, Any]:
         """Change the model's idle timeout, auto-unload or pin at run time."""
-        return await admin.configure(model_id, idle_timeout=data.idle_timeout, auto_unload=data.auto_unload,
-                                     pinned=data.pinned)
+        return await admin.configure(
+            model_id, idle_timeout=data.idle_timeout, auto_unload=data.auto_unload, pinned=data.pinned
+        )

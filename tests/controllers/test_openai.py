@@ -1,0 +1,223 @@
+"""The OpenAI-compatible routes, in-process, with the real Piper voice and test engines in real workers."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+import soundfile
+
+from service.lazy_loader import SlotState
+from service.settings import Settings
+from tests.conftest import AppClient, ClientFactory, tone_model
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+
+def speech(**fields: Any) -> dict[str, Any]:
+    return {"model": "tts-1", "input": "Hello there. This is a test.", **fields}
+
+
+async def test_models_lists_every_model_and_the_openai_aliases(client: AppClient) -> None:
+    response = await client.get("/v1/models")
+    assert response.status_code == 200
+    ids = [entry["id"] for entry in response.json()["data"]]
+    assert "piper-joe" in ids
+    assert {"tts-1", "tts-1-hd"} <= set(ids)
+    assert response.json()["object"] == "list"
+
+
+async def test_first_request_loads_the_model_and_says_so(client: AppClient) -> None:
+    assert client.loader.state("piper-joe") is SlotState.UNLOADED
+    cold = await client.post("/v1/audio/speech", json=speech(response_format="wav"))
+    warm = await client.post("/v1/audio/speech", json=speech(response_format="wav"))
+    assert cold.status_code == warm.status_code == 200
+    assert cold.headers["x-cold-start"] == "true"
+    assert float(cold.headers["x-model-load-seconds"]) > 0
+    assert warm.headers["x-cold-start"] == "false"
+    audio, rate = soundfile.read(io.BytesIO(cold.content))
+    assert rate == 22050
+    assert len(audio) / rate == pytest.approx(float(cold.headers["x-audio-seconds"]), abs=0.01)
+    assert np.abs(audio).max() > 0.1
+    assert client.loader.state("piper-joe") is SlotState.LOADED
+
+
+@pytest.mark.parametrize(
+    ("response_format", "media_type"),
+    [("mp3", "audio/mpeg"), ("opus", "audio/ogg"), ("flac", "audio/flac"), ("wav", "audio/wav")],
+)
+async def test_every_format_decodes_to_the_spoken_audio(
+    client: AppClient, response_format: str, media_type: str
+) -> None:
+    response = await client.post("/v1/audio/speech", json=speech(response_format=response_format))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(media_type)
+    audio, rate = soundfile.read(io.BytesIO(response.content))
+    assert rate == int(response.headers["x-sample-rate"])
+    assert len(audio) / rate == pytest.approx(float(response.headers["x-audio-seconds"]), rel=0.06)
+
+
+async def test_mp3_is_the_default_and_pcm_is_24_khz_like_openai(client: AppClient) -> None:
+    default = await client.post("/v1/audio/speech", json=speech())
+    assert default.headers["content-type"] == "audio/mpeg"
+    pcm = await client.post("/v1/audio/speech", json=speech(response_format="pcm"))
+    assert pcm.headers["x-sample-rate"] == "24000"
+    samples = len(pcm.content) // 2
+    assert samples / 24000 == pytest.approx(float(pcm.headers["x-audio-seconds"]), rel=0.01)
+
+
+async def test_streamed_audio_arrives_in_pieces_decodes_and_releases_the_model(client: AppClient) -> None:
+
+    text = "First sentence here. Second sentence here. Third sentence here."
+    async with client.stream("POST", "/v1/audio/speech", json=speech(input=text, stream_format="audio",
+                                                                      response_format="mp3")) as response:
+        assert response.status_code == 200
+        pieces = [piece async for piece in response.aiter_raw() if piece]
+    assert len(pieces) >= 3
+    audio, _ = soundfile.read(io.BytesIO(b"".join(pieces)))
+    assert len(audio) > 22050
+    snapshot = (await client.loader.snapshot("piper-joe"))
+    assert (snapshot.in_flight, snapshot.queued) == (0, 0)
+
+
+async def test_server_sent_events_carry_base64_audio_then_done(client: AppClient) -> None:
+    response = await client.post("/v1/audio/speech", json=speech(stream_format="sse", response_format="pcm"))
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [event["type"] for event in events][-1] == "speech.audio.done"
+    assert all(event["type"] == "speech.audio.delta" for event in events[:-1])
+    assert len(events) >= 3
+
+
+async def test_openai_voice_names_mean_the_default_voice_and_speed_changes_length(
+    client: AppClient,
+) -> None:
+    normal = await client.post("/v1/audio/speech", json=speech(voice="alloy", response_format="wav"))
+    fast = await client.post("/v1/audio/speech", json=speech(voice="joe", speed=2.0, response_format="wav"))
+    assert normal.headers["x-voice"] == fast.headers["x-voice"] == "joe"
+    assert float(fast.headers["x-audio-seconds"]) < 0.7 * float(normal.headers["x-audio-seconds"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "nope", "input": "hi"}, 404, "model"),
+        ({"model": "tts-1", "input": ""}, 400, "input"),
+        ({"model": "tts-1", "input": "   "}, 400, "input"),
+        ({"model": "tts-1", "input": "x" * 5000}, 400, "input"),
+        ({"model": "tts-1", "input": "hi", "voice": "nobody"}, 400, "voice"),
+        ({"model": "tts-1", "input": "hi", "response_format": "ogg"}, 400, "response_format"),
+        ({"model": "tts-1", "input": "hi", "response_format": "aac"}, 400, "response_format"),
+        ({"model": "tts-1", "input": "hi", "speed": -1}, 400, "speed"),
+        ({"model": "tts-1", "input": "hi", "speed": 9}, 400, "speed"),
+        ({"model": "tts-1", "input": "hi", "keep_alive": "soon"}, 400, "keep_alive"),
+        ({"model": "tts-1", "input": "hi", "instructions": "sound happy"}, 400, "instructions"),
+        ({"model": "tts-1", "input": "hi", "stream_format": "video"}, 400, "stream_format"),
+        ({"model": "tts-1", "input": 5}, 400, "input"),
+        ({"input": "hi"}, 400, "model"),
+    ],
+)
+async def test_bad_input_gets_a_4xx_naming_the_field_and_loads_nothing(
+    client: AppClient, body: dict[str, Any], status: int, param: str
+) -> None:
+    response = await client.post("/v1/audio/speech", json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert param in error["message"] or status == 404
+    assert client.loader.state("piper-joe") is SlotState.UNLOADED
+
+
+async def test_malformed_json_is_a_400(client: AppClient) -> None:
+    response = await client.post("/v1/audio/speech", content=b"{not json",
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "JSON" in response.json()["error"]["message"]
+
+
+async def test_keep_alive_zero_unloads_the_model_after_the_request(client: AppClient) -> None:
+    response = await client.post("/v1/audio/speech", json=speech(keep_alive=0, response_format="pcm"))
+    assert response.status_code == 200
+    loader = client.loader
+    with anyio.fail_after(5):
+        while loader.state("piper-joe") is not SlotState.UNLOADED:
+            await anyio.sleep(0.01)
+    status = (await client.get("/api/v1/models/status")).json()["piper-joe"]
+    assert status["last_unload_reason"] == "keep_alive"
+
+
+async def test_keep_alive_duration_shows_in_the_status(client: AppClient) -> None:
+    await client.post("/v1/audio/speech", json=speech(keep_alive="10m", response_format="pcm"))
+    status = (await client.get("/api/v1/models/status")).json()["piper-joe"]
+    assert status["keep_alive"] == 600
+    assert 590 < status["time_until_unload"] <= 600
+
+
+async def test_concurrent_cold_requests_cause_one_load_in_a_real_worker(
+    make_client: ClientFactory, tmp_path: Any
+) -> None:
+    loads = tmp_path / "loads.txt"
+    model = tone_model("tone", loads_file=str(loads), load_seconds=0.5)
+    async with make_client(Settings(), (model,)) as client:
+        results: list[int] = []
+
+        async def request() -> None:
+            response = await client.post("/v1/audio/speech", json={"model": "tone", "input": "x",
+                                                                   "response_format": "pcm"})
+            results.append(response.status_code)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(12):
+                group.start_soon(request)
+    assert results == [200] * 12
+    assert len(loads.read_text().split()) == 1
+
+
+async def test_a_failed_load_answers_503_with_the_reason_and_the_status_keeps_it(
+    make_client: ClientFactory,
+) -> None:
+    async with make_client(Settings(), (tone_model("broken", fail_load="weights missing"),)) as client:
+        response = await client.post("/v1/audio/speech", json={"model": "broken", "input": "x"})
+        assert response.status_code == 503
+        assert "weights missing" in response.json()["error"]["message"]
+        status = (await client.get("/api/v1/models/status")).json()["broken"]
+        assert status["state"] == "failed"
+        assert "weights missing" in status["last_error"]
+        assert status["pid"] is None
+
+
+async def test_engine_input_errors_are_400_and_engine_failures_keep_the_worker(make_client: ClientFactory) -> None:
+    async with make_client(Settings(), (tone_model(),)) as client:
+        refused = await client.post("/v1/audio/speech", json={"model": "tone", "input": "bad-input"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "input"
+        failed = await client.post("/v1/audio/speech", json={"model": "tone", "input": "engine-error"})
+        assert failed.status_code == 500
+        assert "asked to fail" in failed.json()["error"]["message"]
+        fine = await client.post("/v1/audio/speech", json={"model": "tone", "input": "ok", "response_format": "wav"})
+        assert fine.status_code == 200
+        assert fine.headers["x-cold-start"] == "false"
+
+
+async def test_a_full_house_answers_503_with_retry_after(make_client: ClientFactory) -> None:
+    settings = Settings(max_loaded_models=1, capacity_wait=0.3)
+    models = (tone_model("slow", chunks=40, chunk_seconds=0.05), tone_model("other"))
+    async with make_client(settings, models) as client:
+        async def slow_request() -> None:
+            await client.post("/v1/audio/speech", json={"model": "slow", "input": "x"})
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(slow_request)
+            loader = client.loader
+            with anyio.fail_after(10):
+                while (await loader.snapshot("slow")).in_flight == 0:
+                    await anyio.sleep(0.01)
+            response = await client.post("/v1/audio/speech", json={"model": "other", "input": "x"})
+        assert response.status_code == 503
+        assert int(response.headers["retry-after"]) >= 1
+        assert "no room" in response.json()["error"]["message"]

@@ -1,0 +1,418 @@
+"""The loader's guarantees, with in-memory workers so every interleaving is under the test's control."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+
+from service.lazy_loader import (
+    CapacityExhausted,
+    LazyLoader,
+    LoadFailed,
+    ModelPolicy,
+    ShuttingDown,
+    SlotState,
+    UnknownModel,
+    UnloadReason,
+)
+from service.memory import MemoryUsage
+
+pytestmark = pytest.mark.anyio
+
+_pids = itertools.count(1000)
+
+
+class FakeWorker:
+    def __init__(self, model: str, rss_bytes: int) -> None:
+        self.model = model
+        self._pid = next(_pids)
+        self._exited = anyio.Event()
+        self.code: int | None = None
+        self.rss_bytes = rss_bytes
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        assert self.code is not None
+        return self.code
+
+    async def stop(self) -> int:
+        self.exit(0)
+        return 0
+
+    def exit(self, code: int) -> None:
+        if self.code is None:
+            self.code = code
+            self._exited.set()
+
+    async def memory(self) -> MemoryUsage:
+        return MemoryUsage(rss_bytes=None if self.code is not None else self.rss_bytes, gpu_bytes=None)
+
+
+class FakeLauncher:
+    def __init__(self, rss_bytes: int = 1000) -> None:
+        self.launches: Counter[str] = Counter()
+        self.workers: list[FakeWorker] = []
+        self.gate: anyio.Event | None = None
+        self.failure: str | None = None
+        self.rss_bytes = rss_bytes
+
+    async def __call__(self, model: str, task_group: TaskGroup) -> FakeWorker:
+        self.launches[model] += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failure:
+            raise RuntimeError(self.failure)
+        worker = FakeWorker(model, self.rss_bytes)
+        self.workers.append(worker)
+        return worker
+
+
+def policies(*models: str, idle_timeout: float = 300.0, **options: bool) -> dict[str, ModelPolicy]:
+    return {model: ModelPolicy(idle_timeout=idle_timeout, **options) for model in models}
+
+
+@asynccontextmanager
+async def running(loader: LazyLoader[FakeWorker]) -> AsyncIterator[LazyLoader[FakeWorker]]:
+    async with anyio.create_task_group() as task_group:
+        loader.start(task_group)
+        yield loader
+        await loader.shutdown(grace=1.0)
+        task_group.cancel_scope.cancel()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Yield to other tasks until the condition holds (fails the test after `timeout`)."""
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+async def test_first_request_loads_the_model_and_later_ones_find_it_warm() -> None:
+    launcher = FakeLauncher()
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+        assert loader.state("a") is SlotState.UNLOADED
+        first = await loader.acquire("a")
+        first.release()
+        second = await loader.acquire("a")
+        second.release()
+        assert (first.cold, second.cold) == (True, False)
+        assert first.worker is second.worker
+        assert launcher.launches["a"] == 1
+        assert loader.state("a") is SlotState.LOADED
+
+
+async def test_concurrent_cold_requests_share_a_single_load() -> None:
+    launcher = FakeLauncher()
+    launcher.gate = anyio.Event()
+    workers: list[FakeWorker] = []
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+
+        async def request() -> None:
+            lease = await loader.acquire("a")
+            workers.append(lease.worker)
+            lease.release()
+
+        async with anyio.create_task_group() as group:
+            for _ in range(50):
+                group.start_soon(request)
+            await until(lambda: loader.snapshots_now()[0].queued == 50)
+            assert loader.state("a") is SlotState.LOADING
+            launcher.gate.set()
+        assert launcher.launches["a"] == 1
+        assert len(workers) == 50
+        assert len({id(worker) for worker in workers}) == 1
+
+
+async def test_failed_load_fails_every_waiter_and_the_next_request_retries() -> None:
+    launcher = FakeLauncher()
+    launcher.failure = "weights not found"
+    launcher.gate = anyio.Event()
+    errors: list[BaseException] = []
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+
+        async def request() -> None:
+            try:
+                (await loader.acquire("a")).release()
+            except LoadFailed as error:
+                errors.append(error)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(request)
+            await until(lambda: loader.snapshots_now()[0].queued == 5)
+            launcher.gate.set()
+        assert len(errors) == 5
+        assert all("weights not found" in str(error) for error in errors)
+        snapshot = await loader.snapshot("a")
+        assert snapshot.state is SlotState.FAILED
+        assert snapshot.last_error == "weights not found"
+        assert (snapshot.in_flight, snapshot.queued) == (0, 0)
+
+        launcher.failure = None
+        (await loader.acquire("a")).release()
+        assert launcher.launches["a"] == 2
+        assert loader.state("a") is SlotState.LOADED
+        assert (await loader.snapshot("a")).last_error is None
+
+
+async def test_no_unload_while_a_request_runs_and_the_idle_clock_starts_when_it_ends() -> None:
+    async with running(LazyLoader(policies("a", idle_timeout=0.2), FakeLauncher())) as loader:
+        lease = await loader.acquire("a")
+        await anyio.sleep(0.5)  # the request lasts longer than the idle timeout
+        assert loader.state("a") is SlotState.LOADED
+        assert (await loader.snapshot("a")).seconds_until_unload is None
+        lease.release()
+        released = anyio.current_time()
+        assert loader.state("a") is SlotState.LOADED
+        await until(lambda: loader.state("a") is SlotState.UNLOADED)
+        assert anyio.current_time() - released >= 0.2
+        assert (await loader.snapshot("a")).last_unload_reason is UnloadReason.IDLE
+
+
+async def test_reaper_unloads_within_half_a_second_of_the_deadline() -> None:
+    async with running(LazyLoader(policies("a", idle_timeout=0.3), FakeLauncher())) as loader:
+        for _ in range(3):
+            (await loader.acquire("a")).release()
+            released = anyio.current_time()
+            await until(lambda: loader.state("a") is SlotState.UNLOADED)
+            lateness = anyio.current_time() - released - 0.3
+            assert -0.01 <= lateness < 0.5
+
+
+async def test_manual_unload_drains_requests_in_flight_first() -> None:
+    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+        lease = await loader.acquire("a")
+        worker = lease.worker
+        reports = []
+
+        async def unload() -> None:
+            reports.append(await loader.unload("a"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(unload)
+            await until(lambda: loader._slot("a").drains == 1)
+            assert worker.code is None
+            assert loader.state("a") is SlotState.LOADED
+            lease.release()
+        report = reports[0]
+        assert report.requests_drained == 1
+        assert report.worker_exited
+        assert report.pid == worker.pid
+        assert report.freed_rss_bytes == 1000
+        assert report.reason is UnloadReason.MANUAL
+        assert report.previous_state is SlotState.LOADED
+        assert worker.code == 0
+        assert loader.state("a") is SlotState.UNLOADED
+
+
+async def test_requests_arriving_during_a_drain_wait_and_get_a_fresh_load() -> None:
+    launcher = FakeLauncher()
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+        lease = await loader.acquire("a")
+        late: list[FakeWorker] = []
+
+        async def late_request() -> None:
+            late_lease = await loader.acquire("a")
+            late.append(late_lease.worker)
+            late_lease.release()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(loader.unload, "a")
+            await until(lambda: loader._slot("a").drains == 1)
+            group.start_soon(late_request)
+            await until(lambda: loader.snapshots_now()[0].queued == 1)
+            assert not late
+            lease.release()
+        assert launcher.launches["a"] == 2
+        assert late[0] is not lease.worker
+
+
+async def test_unloading_an_unloaded_model_reports_that_nothing_happened() -> None:
+    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+        report = await loader.unload("a")
+        assert report.previous_state is SlotState.UNLOADED
+        assert not report.worker_exited
+        assert report.pid is None
+
+
+async def test_keep_alive_zero_unloads_right_after_the_request() -> None:
+    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+        (await loader.acquire("a", keep_alive=0)).release()
+        await until(lambda: loader.state("a") is SlotState.UNLOADED, timeout=0.5)
+        assert (await loader.snapshot("a")).last_unload_reason is UnloadReason.KEEP_ALIVE
+
+
+async def test_positive_keep_alive_overrides_the_idle_timeout() -> None:
+    async with running(LazyLoader(policies("a", idle_timeout=300), FakeLauncher())) as loader:
+        (await loader.acquire("a", keep_alive=0.2)).release()
+        snapshot = await loader.snapshot("a")
+        assert snapshot.keep_alive == 0.2
+        assert snapshot.seconds_until_unload is not None
+        assert snapshot.seconds_until_unload <= 0.2
+        await until(lambda: loader.state("a") is SlotState.UNLOADED, timeout=1.0)
+        assert (await loader.snapshot("a")).keep_alive is None
+
+
+async def test_negative_keep_alive_keeps_the_model_until_unloaded_by_hand() -> None:
+    async with running(LazyLoader(policies("a", idle_timeout=0.05), FakeLauncher())) as loader:
+        (await loader.acquire("a", keep_alive=-1)).release()
+        await anyio.sleep(0.3)
+        snapshot = await loader.snapshot("a")
+        assert snapshot.state is SlotState.LOADED
+        assert snapshot.seconds_until_unload is None
+        report = await loader.unload("a")
+        assert report.worker_exited
+        (await loader.acquire("a")).release()
+        await until(lambda: loader.state("a") is SlotState.UNLOADED, timeout=1.0)
+
+
+async def test_loading_past_the_model_limit_evicts_the_least_recently_used_idle_model() -> None:
+    async with running(LazyLoader(policies("a", "b", "c"), FakeLauncher(), max_loaded=2)) as loader:
+        (await loader.acquire("a")).release()
+        (await loader.acquire("b")).release()
+        (await loader.acquire("a")).release()
+        (await loader.acquire("c")).release()
+        assert [loader.state(model) for model in "abc"] == [SlotState.LOADED, SlotState.UNLOADED, SlotState.LOADED]
+        assert (await loader.snapshot("b")).last_unload_reason is UnloadReason.EVICTED
+
+
+async def test_a_busy_model_is_never_evicted_and_the_newcomer_gets_capacity_exhausted() -> None:
+    async with running(LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=0.2)) as loader:
+        lease = await loader.acquire("a")
+        with pytest.raises(CapacityExhausted) as raised:
+            await loader.acquire("b")
+        assert raised.value.retry_after is not None
+        assert loader.state("a") is SlotState.LOADED
+        assert loader.state("b") is SlotState.UNLOADED
+        lease.release()
+
+
+async def test_a_load_waiting_for_room_proceeds_once_the_busy_model_is_released() -> None:
+    async with running(LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=10)) as loader:
+        lease = await loader.acquire("a")
+        got: list[str] = []
+
+        async def request_b() -> None:
+            lease_b = await loader.acquire("b")
+            got.append(lease_b.model)
+            lease_b.release()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(request_b)
+            await until(lambda: loader.state("b") is SlotState.LOADING)
+            assert not got
+            lease.release()
+        assert got == ["b"]
+        assert (await loader.snapshot("a")).last_unload_reason is UnloadReason.EVICTED
+
+
+async def test_pinned_models_are_neither_reaped_nor_evicted() -> None:
+    loader = LazyLoader(
+        {"a": ModelPolicy(idle_timeout=0.05, pinned=True), "b": ModelPolicy(idle_timeout=300)},
+        FakeLauncher(),
+        max_loaded=1,
+        capacity_wait=0.1,
+    )
+    async with running(loader):
+        (await loader.acquire("a")).release()
+        await anyio.sleep(0.3)
+        assert loader.state("a") is SlotState.LOADED
+        with pytest.raises(CapacityExhausted):
+            await loader.acquire("b")
+        loader.configure("a", pinned=False)
+        await until(lambda: loader.state("a") is SlotState.UNLOADED, timeout=1.0)
+
+
+async def test_memory_budget_evicts_when_the_next_model_would_not_fit() -> None:
+    loader = LazyLoader(policies("a", "b"), FakeLauncher(rss_bytes=1000), max_loaded=5, memory_budget_bytes=1500)
+    async with running(loader):
+        (await loader.acquire("b")).release()
+        await loader.unload("b")  # b's measured size (1000 B) is now known
+        (await loader.acquire("a")).release()
+        (await loader.acquire("b")).release()
+        assert loader.state("a") is SlotState.UNLOADED
+        assert (await loader.snapshot("a")).last_unload_reason is UnloadReason.EVICTED
+
+
+async def test_a_crashed_worker_frees_its_slot_and_the_next_request_reloads() -> None:
+    launcher = FakeLauncher()
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+        (await loader.acquire("a")).release()
+        launcher.workers[0].exit(-9)
+        await until(lambda: loader.state("a") is SlotState.UNLOADED)
+        snapshot = await loader.snapshot("a")
+        assert snapshot.last_unload_reason is UnloadReason.CRASH
+        assert snapshot.last_error is not None
+        assert "-9" in snapshot.last_error
+        assert snapshot.unloads_by_reason == {"crash": 1}
+        lease = await loader.acquire("a")
+        lease.release()
+        assert lease.cold
+        assert launcher.launches["a"] == 2
+
+
+async def test_shutdown_refuses_new_requests_and_waits_for_those_in_flight() -> None:
+    launcher = FakeLauncher()
+    async with anyio.create_task_group() as task_group:
+        loader = LazyLoader(policies("a", "b"), launcher)
+        loader.start(task_group)
+        lease = await loader.acquire("a")
+        reports = []
+
+        async def shutdown() -> None:
+            reports.extend(await loader.shutdown(grace=5))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(shutdown)
+            await until(lambda: loader.closing)
+            with pytest.raises(ShuttingDown):
+                await loader.acquire("b")
+            assert launcher.workers[0].code is None
+            lease.release()
+        task_group.cancel_scope.cancel()
+    assert launcher.workers[0].code == 0
+    assert {report.model: report.reason for report in reports if report.worker_exited} == {
+        "a": UnloadReason.SHUTDOWN
+    }
+
+
+async def test_shutdown_stops_workers_whose_requests_outlive_the_grace_period() -> None:
+    launcher = FakeLauncher()
+    async with anyio.create_task_group() as task_group:
+        loader = LazyLoader(policies("a"), launcher)
+        loader.start(task_group)
+        lease = await loader.acquire("a")
+        reports = await loader.shutdown(grace=0.1)
+        task_group.cancel_scope.cancel()
+    assert launcher.workers[0].code == 0
+    assert reports[0].requests_drained == 1
+    lease.release()
+
+
+async def test_unknown_model_names_the_known_ones() -> None:
+    async with running(LazyLoader(policies("a", "b"), FakeLauncher())) as loader:
+        with pytest.raises(UnknownModel, match="known models: a, b"):
+            await loader.acquire("zzz")
+        with pytest.raises(UnknownModel):
+            await loader.unload("zzz")
+
+
+async def test_lifecycle_events_are_recorded_for_listeners() -> None:
+    seen: list[str] = []
+    loader = LazyLoader(policies("a"), FakeLauncher())
+    loader.listeners.append(lambda event: seen.append(event["event"]))
+    async with running(loader):
+        (await loader.acquire("a")).release()
+        await loader.unload("a")
+    assert seen[:3] == ["model_load_started", "model_loaded", "model_unloaded"]
+    assert [event["event"] for event in loader.events][:3] == seen[:3]

