@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -418,6 +419,7 @@ def measure_reaper(log_dir: Path, rounds: int) -> ReaperResult:
 
 def run(runs: int, cold_runs: int, reaper_rounds: int, log_dir: Path) -> dict[str, Any]:
     load_before = load_average()
+    busy_before, own_before, wall_before = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     memory = MemoryResult()
     worker_pids: set[int] = set()
     with running_server([], log_dir) as server:
@@ -454,10 +456,18 @@ def run(runs: int, cold_runs: int, reaper_rounds: int, log_dir: Path) -> dict[st
 
     log(f"reaper with --idle-timeout {REAPER_IDLE_TIMEOUT:g}, {reaper_rounds} rounds")
     reaper = measure_reaper(log_dir, reaper_rounds)
+    wall = time.perf_counter() - wall_before
+    foreign = (busy_cpu_seconds() - busy_before) - (own_cpu_seconds() - own_before)
 
     return {
         "text_chars": len(TEXT),
-        "machine": machine() | {"loadavg_before": load_before, "loadavg_after": load_average()},
+        "machine": machine()
+        | {
+            "loadavg_before": load_before,
+            "loadavg_after": load_average(),
+            "wall_seconds": wall,
+            "other_processes_cpu_seconds": max(0.0, foreign),
+        },
         "warm": asdict(warm),
         "cold": asdict(cold),
         "reaper": asdict(reaper)
@@ -467,6 +477,23 @@ def run(runs: int, cold_runs: int, reaper_rounds: int, log_dir: Path) -> dict[st
         },
         "memory": asdict(memory),
     }
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores, every process), from /proc/stat."""
+    try:
+        fields = [int(part) for part in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (the servers count their workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def load_average() -> list[float]:
@@ -576,6 +603,8 @@ def render(results: dict[str, Any]) -> str:
         f"machine: {machine_info['cpus']} CPUs, {machine_info['cpu_model']}, Python {machine_info['python']}; "
         f"text: {results['text_chars']} characters",
         f"load average (1/5/15 min) before: {machine_info['loadavg_before']}, after: {machine_info['loadavg_after']}",
+        f"CPU used by other processes during the run: {machine_info['other_processes_cpu_seconds']:.1f} s "
+        f"over {machine_info['wall_seconds']:.1f} s of wall time (near 0 for a quiet machine)",
         "",
     ]
     lines += [f"{name:<{width[0]}}  {value:>{width[1]}}  {note}".rstrip() for name, value, note in rows]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -10,6 +12,10 @@ import uvicorn
 from service.app import create_app
 from service.log_setup import configure_logging
 from service.settings import load_settings
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         default_model=settings.default_model,
         idle_timeout=settings.idle_timeout,
     )
+    # uvicorn drains and runs the lifespan shutdown on SIGTERM/SIGINT, then re-raises the signal to the handler
+    # that was installed before it: make that one a clean exit, so a graceful stop ends with status 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=None)
     return 0
 

@@ -17,6 +17,7 @@ import soxr
 Audio = npt.NDArray[np.float32]
 
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 OPENAI_PCM_SAMPLE_RATE = 24000
 _UNKNOWN_LENGTH = 0xFFFFFFFF
 
@@ -45,11 +46,16 @@ def _int16(audio: Audio) -> bytes:
     return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
 
+_CODEC_SAMPLE_RATES = {AudioFormat.OPUS: OPUS_SAMPLE_RATES, AudioFormat.MP3: MP3_SAMPLE_RATES}
+
+
 def output_sample_rate(audio_format: AudioFormat, engine_rate: int, requested: int | None) -> int:
-    """The rate a response is encoded at: the requested one, OpenAI's 24 kHz for pcm, Opus' nearest, or native."""
+    """The rate a response is encoded at: the requested one (or OpenAI's 24 kHz for pcm, else the engine's),
+    moved up to the nearest rate the codec can write where it has a fixed set."""
     rate = requested or (OPENAI_PCM_SAMPLE_RATE if audio_format is AudioFormat.PCM else engine_rate)
-    if audio_format is AudioFormat.OPUS and rate not in OPUS_SAMPLE_RATES:
-        rate = min(OPUS_SAMPLE_RATES, key=lambda candidate: (candidate < rate, abs(candidate - rate)))
+    allowed = _CODEC_SAMPLE_RATES.get(audio_format)
+    if allowed is not None and rate not in allowed:
+        rate = min(allowed, key=lambda candidate: (candidate < rate, abs(candidate - rate)))
     return rate
 
 
@@ -110,12 +116,16 @@ class Mp3Encoder:
         self._lame.set_in_sample_rate(sample_rate)
         self._lame.set_channels(1)
         self._lame.set_quality(5)
+        self._started = False
 
     def encode(self, audio: Audio) -> bytes:
+        if not len(audio):
+            return b""
+        self._started = True
         return bytes(self._lame.encode(_int16(audio)))
 
     def finish(self) -> bytes:
-        return bytes(self._lame.flush())
+        return bytes(self._lame.flush()) if self._started else b""
 
 
 class _GrowingBuffer(io.RawIOBase):

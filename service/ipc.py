@@ -41,22 +41,24 @@ def _lengths(prefix: bytes) -> tuple[int, int]:
 def read_frame_sync(stream: BinaryIO) -> Frame | None:
     """The next frame, or None at end of stream."""
 
-    def read_exactly(size: int) -> bytes | None:
+    def read_exactly(size: int) -> bytes:
         data = b""
         while len(data) < size:
             chunk = stream.read(size - len(data))
             if not chunk:
-                return None
+                break
             data += chunk
         return data
 
     prefix = read_exactly(_PREFIX.size)
-    if prefix is None:
+    if not prefix:
         return None
+    if len(prefix) < _PREFIX.size:
+        raise ProtocolError("stream ended inside a frame")
     header_length, payload_length = _lengths(prefix)
     header = read_exactly(header_length)
-    payload = read_exactly(payload_length) if payload_length else b""
-    if header is None or payload is None:
+    payload = read_exactly(payload_length)
+    if len(header) < header_length or len(payload) < payload_length:
         raise ProtocolError("stream ended inside a frame")
     return Frame(json.loads(header), payload)
 

@@ -518,35 +518,42 @@ class LazyLoader(Generic[W]):
     async def _stop_worker(
         self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState
     ) -> UnloadReport:
+        """End the slot's worker; shielded, so a cancelled caller never leaves the slot half-unloaded."""
         with anyio.CancelScope(shield=True):
-            worker = slot.worker
-            if worker is None or slot.state is not SlotState.LOADED:
-                return self._report(slot, previous, None, drained, None, None, None, 0.0)
-            started = anyio.current_time()
-            idle_seconds = started - slot.idle_since if slot.admitted == 0 else 0.0
-            slot.state = SlotState.UNLOADING
-            self._notify(slot)
-            usage = await worker.memory()
-            exit_code = await worker.stop()
-            slot.worker = None
-            slot.state = SlotState.UNLOADED
-            slot.keep_alive = None
-            slot.last_unload_reason = reason
-            slot.unloads[reason] += 1
-            seconds = anyio.current_time() - started
-            self._record(
-                "model_unloaded",
-                slot,
-                reason=reason,
-                pid=worker.pid,
-                exit_code=exit_code,
-                idle_seconds=round(idle_seconds, 3),
-                requests_drained=drained,
-                freed_rss_bytes=usage.rss_bytes,
-                freed_gpu_bytes=usage.gpu_bytes,
-            )
-            self._notify(slot)
-            return self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
+            report = await self._stop_worker_unshielded(slot, reason, drained, previous)
+        return report
+
+    async def _stop_worker_unshielded(
+        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState
+    ) -> UnloadReport:
+        worker = slot.worker
+        if worker is None or slot.state is not SlotState.LOADED:
+            return self._report(slot, previous, None, drained, None, None, None, 0.0)
+        started = anyio.current_time()
+        idle_seconds = started - slot.idle_since if slot.admitted == 0 else 0.0
+        slot.state = SlotState.UNLOADING
+        self._notify(slot)
+        usage = await worker.memory()
+        exit_code = await worker.stop()
+        slot.worker = None
+        slot.state = SlotState.UNLOADED
+        slot.keep_alive = None
+        slot.last_unload_reason = reason
+        slot.unloads[reason] += 1
+        seconds = anyio.current_time() - started
+        self._record(
+            "model_unloaded",
+            slot,
+            reason=reason,
+            pid=worker.pid,
+            exit_code=exit_code,
+            idle_seconds=round(idle_seconds, 3),
+            requests_drained=drained,
+            freed_rss_bytes=usage.rss_bytes,
+            freed_gpu_bytes=usage.gpu_bytes,
+        )
+        self._notify(slot)
+        return self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
 
     def _report(
         self,

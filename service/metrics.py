@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from service.lazy_loader import LazyLoader, Worker
+    from service.lazy_loader import LazyLoader
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -74,7 +74,7 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, loader: LazyLoader[Worker]) -> None:
+    def watch(self, loader: LazyLoader[Any]) -> None:
         self.registry.register(_SlotCollector(loader))
         loader.listeners.append(self.lifecycle_event)
 

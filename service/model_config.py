@@ -43,12 +43,17 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
     options = raw.get("options", {})
     if not isinstance(options, dict):
         raise ModelConfigError(f"{where}: 'options' must be a table")
-    policy = ModelPolicy(
-        idle_timeout=float(raw.get("idle_timeout", settings.idle_timeout)),
-        auto_unload=bool(raw.get("auto_unload", settings.auto_unload)),
-        pinned=bool(raw.get("pinned", False)),
-        preload=bool(raw.get("preload", False)),
-    )
+    idle_timeout = raw.get("idle_timeout", settings.idle_timeout)
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+        raise ModelConfigError(f"{where}: 'idle_timeout' must be a number of seconds, got {idle_timeout!r}")
+    flags = {
+        key: raw.get(key, default)
+        for key, default in (("auto_unload", settings.auto_unload), ("pinned", False), ("preload", False))
+    }
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise ModelConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
+    policy = ModelPolicy(idle_timeout=float(idle_timeout), **flags)
     try:
         return ModelSpec.create(raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")))
     except Exception as error:  # an engine that cannot describe itself is a configuration error

@@ -24,6 +24,15 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"expected true/false, got {raw!r}")
 
 
+class SettingError(ValueError):
+    """A setting with a value out of range; names the setting."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
 @dataclass(frozen=True)
 class Option:
     """How one setting is spelled on the command line and in the environment."""
@@ -111,11 +120,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1-65535, got {self.port}")
+            raise SettingError("port", f"must be 1-65535, got {self.port}")
         if self.max_loaded_models < 1:
-            raise ValueError("max_loaded_models must be at least 1")
+            raise SettingError("max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
         if self.log_format not in {"auto", "json", "console"}:
-            raise ValueError(f"log_format must be auto, json or console, got {self.log_format!r}")
+            raise SettingError("log_format", f"must be auto, json or console, got {self.log_format!r}")
 
 
 def _convert(name: str, raw: str) -> object:
@@ -171,4 +180,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
             values[settings_field.name] = _convert(settings_field.name, raw)
         except ValueError as error:
             raise ValueError(f"{option.flag} / {option.env}: {error}") from error
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except SettingError as error:
+        option = next(f.metadata["option"] for f in fields(Settings) if f.name == error.name)
+        raise ValueError(f"{option.flag} / {option.env}: {error.problem}") from error

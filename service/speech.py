@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -30,13 +31,20 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+class VoiceReference(msgspec.Struct):
+    """OpenAI's object form of a voice: `{"id": "..."}`."""
+
+    id: str
+
+
 class SpeechRequest(msgspec.Struct, kw_only=True):
     """OpenAI's speech request, plus `keep_alive` and `sample_rate`."""
 
     model: Annotated[str, msgspec.Meta(description="Model id, or tts-1 / tts-1-hd for the default model.")]
     input: Annotated[str, msgspec.Meta(description="Text to speak.")]
     voice: Annotated[
-        str | None, msgspec.Meta(description="A voice of the model; OpenAI voice names mean its default voice.")
+        str | VoiceReference | None,
+        msgspec.Meta(description="A voice of the model (name or {id}); OpenAI voice names mean its default voice."),
     ] = None
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
     speed: Annotated[float, msgspec.Meta(ge=0.25, le=4.0, description="0.25 to 4.0; 1.0 is normal.")] = 1.0
@@ -72,28 +80,25 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     """Seconds from a number or a duration such as '10m', '1h30m', '500ms' or '-1'; None when absent."""
     if value is None:
         return None
-    if isinstance(value, (int, float)):
-        if not np.isfinite(value):
+    if isinstance(value, str):
+        text = value.strip().lower()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text[1:] if text[:1] in "+-" else text
+        parts = _DURATION_PART.findall(body)
+        if re.fullmatch(r"\d+(\.\d+)?", body):
+            value = sign * float(body)
+        elif body and "".join(number + unit for number, unit in parts) == body:
+            value = sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+        else:
             raise ApiError(
-                400, "keep_alive must be a finite number of seconds", param="keep_alive", code="invalid_value"
+                400,
+                f"keep_alive {value!r} is not a duration: use seconds or forms like '10m', '1h30m', '-1'",
+                param="keep_alive",
+                code="invalid_value",
             )
-        return float(value)
-    text = value.strip().lower()
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    try:
-        return sign * float(body)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(body)
-    if not body or "".join(number + unit for number, unit in parts) != body:
-        raise ApiError(
-            400,
-            f"keep_alive {value!r} is not a duration: use seconds or forms like '10m', '1h30m', '-1'",
-            param="keep_alive",
-            code="invalid_value",
-        )
-    return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not math.isfinite(value):
+        raise ApiError(400, "keep_alive must be a finite number of seconds", param="keep_alive", code="invalid_value")
+    return float(value)
 
 
 async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -102,6 +107,12 @@ async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes
         event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield b'data: {"type": "speech.audio.done"}\n\n'
+
+
+def _nothing_to_speak() -> ApiError:
+    return ApiError(
+        400, "input has nothing the voice can speak: the engine produced no audio", param="input", code="no_audio"
+    )
 
 
 @dataclass
@@ -145,7 +156,8 @@ class SpeechService:
             )
         spec = self._catalog.resolve(request.model)
         capabilities = spec.capabilities
-        voice = request.voice or capabilities.default_voice
+        named = request.voice.id if isinstance(request.voice, VoiceReference) else request.voice
+        voice = named or capabilities.default_voice
         if voice in OPENAI_VOICES and voice not in capabilities.voices:
             voice = capabilities.default_voice
         if voice not in capabilities.voices:
@@ -204,7 +216,9 @@ class SpeechService:
                 chunks.append(chunk)
         finally:
             lease.release()
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        if not chunks:
+            raise _nothing_to_speak()
+        audio = np.concatenate(chunks)
         encoded = await anyio.to_thread.run_sync(
             encode_whole, plan.audio_format, audio, plan.spec.capabilities.sample_rate, plan.output_rate
         )
@@ -220,6 +234,8 @@ class SpeechService:
         chunks = lease.worker.synthesize(plan.synthesis)
         try:
             first = await anext(chunks, None)
+            if first is None:
+                raise _nothing_to_speak()
         except BaseException:
             lease.release()
             raise
@@ -230,7 +246,7 @@ class SpeechService:
         async def body() -> AsyncIterator[bytes]:
             samples = 0
             try:
-                chunk = first
+                chunk: AudioChunk | None = first
                 while chunk is not None:
                     samples += len(chunk)
                     if encoded := encoder.encode(chunk):

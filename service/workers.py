@@ -7,7 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,7 @@ class WorkerProcess:
     async def memory(self) -> MemoryUsage:
         return await measure(self.pid)
 
-    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[AudioChunk]:
+    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         """Audio chunks as the worker produces them."""
         request_id = next(self._ids)
         send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=1024)
@@ -182,13 +182,12 @@ class WorkerProcess:
         """End the process: ask politely, then terminate, then kill. Returns its exit code."""
         with anyio.CancelScope(shield=True):
             if not self.exited:
-                try:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     await self._send({"op": "shutdown"})
                     assert self._process.stdin is not None
                     await self._process.stdin.aclose()
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    pass
-            return await self._reap(kill=False)
+            returncode = await self._reap(kill=False)
+        return returncode
 
     async def _reap(self, *, kill: bool) -> int:
         if kill:

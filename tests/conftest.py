@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from litestar import Litestar
 import uvicorn
+from litestar import Litestar
 
 from service.app import create_app
 from service.catalog import ModelSpec
@@ -68,9 +68,9 @@ ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
 def make_client() -> ClientFactory:
     """Serve an app built from settings and extra models; the context yields a client for it."""
 
-    def build(settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()) -> AbstractAsyncContextManager[
-        AppClient
-    ]:
+    def build(
+        settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()
+    ) -> AbstractAsyncContextManager[AppClient]:
         return serve(create_app(settings or Settings(), models))
 
     return build
@@ -129,13 +129,14 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
         port = free_port()
         log_path = tmp_path / f"server-{port}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(port), *args],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service", "--port", str(port), *args],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
         servers.append(server)
         server.wait_ready()

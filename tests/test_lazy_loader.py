@@ -381,9 +381,7 @@ async def test_shutdown_refuses_new_requests_and_waits_for_those_in_flight() -> 
             lease.release()
         task_group.cancel_scope.cancel()
     assert launcher.workers[0].code == 0
-    assert {report.model: report.reason for report in reports if report.worker_exited} == {
-        "a": UnloadReason.SHUTDOWN
-    }
+    assert {report.model: report.reason for report in reports if report.worker_exited} == {"a": UnloadReason.SHUTDOWN}
 
 
 async def test_shutdown_stops_workers_whose_requests_outlive_the_grace_period() -> None:

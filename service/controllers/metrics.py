@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import ClassVar
-
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -10,7 +8,7 @@ from service.metrics import Metrics
 
 
 class MetricsController(Controller):
-    tags: ClassVar[list[str]] = ["operations"]
+    tags = ("operations",)
 
     @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, patch, post
@@ -20,7 +20,7 @@ class ModelSettings(msgspec.Struct, kw_only=True):
 
 class ModelsController(Controller):
     path = "/api/v1/models"
-    tags: ClassVar[list[str]] = ["models"]
+    tags = ("models",)
 
     @get("/status", operation_id="modelsStatus")
     async def status(self, admin: NamedDependency[ModelAdmin]) -> dict[str, dict[str, Any]]:

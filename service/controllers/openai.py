@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
@@ -25,7 +25,7 @@ _EXAMPLE = Example(
 
 class OpenAIController(Controller):
     path = "/v1"
-    tags: ClassVar[list[str]] = ["openai"]
+    tags = ("openai",)
 
     @get("/models", operation_id="listModels")
     async def list_models(self, catalog: NamedDependency[Catalog]) -> dict[str, Any]:

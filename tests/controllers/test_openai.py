@@ -18,7 +18,6 @@ from tests.conftest import AppClient, ClientFactory, tone_model
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-
 def speech(**fields: Any) -> dict[str, Any]:
     return {"model": "tts-1", "input": "Hello there. This is a test.", **fields}
 
@@ -74,14 +73,15 @@ async def test_mp3_is_the_default_and_pcm_is_24_khz_like_openai(client: AppClien
 async def test_streamed_audio_arrives_in_pieces_decodes_and_releases_the_model(client: AppClient) -> None:
 
     text = "First sentence here. Second sentence here. Third sentence here."
-    async with client.stream("POST", "/v1/audio/speech", json=speech(input=text, stream_format="audio",
-                                                                      response_format="mp3")) as response:
+    async with client.stream(
+        "POST", "/v1/audio/speech", json=speech(input=text, stream_format="audio", response_format="mp3")
+    ) as response:
         assert response.status_code == 200
         pieces = [piece async for piece in response.aiter_raw() if piece]
     assert len(pieces) >= 3
     audio, _ = soundfile.read(io.BytesIO(b"".join(pieces)))
     assert len(audio) > 22050
-    snapshot = (await client.loader.snapshot("piper-joe"))
+    snapshot = await client.loader.snapshot("piper-joe")
     assert (snapshot.in_flight, snapshot.queued) == (0, 0)
 
 
@@ -133,9 +133,19 @@ async def test_bad_input_gets_a_4xx_naming_the_field_and_loads_nothing(
     assert client.loader.state("piper-joe") is SlotState.UNLOADED
 
 
+@pytest.mark.parametrize("stream_format", [None, "audio"])
+async def test_input_with_nothing_speakable_is_a_400_not_an_empty_file(
+    client: AppClient, stream_format: str | None
+) -> None:
+    response = await client.post("/v1/audio/speech", json=speech(input="...", stream_format=stream_format))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "no_audio"
+    snapshot = await client.loader.snapshot("piper-joe")
+    assert (snapshot.in_flight, snapshot.queued) == (0, 0)
+
+
 async def test_malformed_json_is_a_400(client: AppClient) -> None:
-    response = await client.post("/v1/audio/speech", content=b"{not json",
-                                 headers={"content-type": "application/json"})
+    response = await client.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "JSON" in response.json()["error"]["message"]
 
@@ -167,8 +177,9 @@ async def test_concurrent_cold_requests_cause_one_load_in_a_real_worker(
         results: list[int] = []
 
         async def request() -> None:
-            response = await client.post("/v1/audio/speech", json={"model": "tone", "input": "x",
-                                                                   "response_format": "pcm"})
+            response = await client.post(
+                "/v1/audio/speech", json={"model": "tone", "input": "x", "response_format": "pcm"}
+            )
             results.append(response.status_code)
 
         async with anyio.create_task_group() as group:
@@ -208,6 +219,7 @@ async def test_a_full_house_answers_503_with_retry_after(make_client: ClientFact
     settings = Settings(max_loaded_models=1, capacity_wait=0.3)
     models = (tone_model("slow", chunks=40, chunk_seconds=0.05), tone_model("other"))
     async with make_client(settings, models) as client:
+
         async def slow_request() -> None:
             await client.post("/v1/audio/speech", json={"model": "slow", "input": "x"})
 

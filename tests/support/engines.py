@@ -26,8 +26,12 @@ class ToneEngine:
     @classmethod
     def describe(cls, options: Mapping[str, Any]) -> Capabilities:
         voices = tuple(options.get("voices", ("tone",)))
-        return Capabilities(sample_rate=int(options.get("sample_rate", 16000)), voices=voices,
-                            default_voice=voices[0], supports_instructions=bool(options.get("instructions", False)))
+        return Capabilities(
+            sample_rate=int(options.get("sample_rate", 16000)),
+            voices=voices,
+            default_voice=voices[0],
+            supports_instructions=bool(options.get("instructions", False)),
+        )
 
     def load(self) -> None:
         if self._options.get("loads_file"):

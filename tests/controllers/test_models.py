@@ -1,0 +1,155 @@
+"""The models API: status fields, manual load and unload with their reports, run-time settings."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from service.memory import process_exists
+from service.settings import Settings
+from tests.conftest import AppClient, ClientFactory, tone_model
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+SEED_FIELDS = {
+    "loaded",
+    "auto_unload",
+    "idle_timeout",
+    "idle_time",
+    "time_until_unload",
+    "gpu_memory_allocated_gb",
+    "gpu_memory_reserved_gb",
+}
+ADDED_FIELDS = {
+    "state",
+    "engine",
+    "device",
+    "pid",
+    "rss_bytes",
+    "in_flight",
+    "queued",
+    "loads_total",
+    "last_load_seconds",
+    "last_unload_reason",
+    "last_error",
+    "pinned",
+}
+
+
+async def test_status_has_the_seed_fields_and_ours_for_every_model(client: AppClient) -> None:
+    status = (await client.get("/api/v1/models/status")).json()
+    entry = status["piper-joe"]
+    assert set(entry) >= SEED_FIELDS | ADDED_FIELDS
+    assert (entry["state"], entry["loaded"], entry["pid"], entry["engine"], entry["device"]) == (
+        "unloaded",
+        False,
+        None,
+        "piper",
+        "cpu",
+    )
+    assert entry["idle_timeout"] == 300
+
+
+async def test_load_then_unload_reports_what_it_did(client: AppClient) -> None:
+    loaded = (await client.post("/api/v1/models/piper-joe/load")).json()
+    assert (loaded["state"], loaded["loaded"], loaded["loads_total"]) == ("loaded", True, 1)
+    assert loaded["rss_bytes"] > 50 * 1024 * 1024
+    assert 0 < loaded["time_until_unload"] <= 300
+    pid = loaded["pid"]
+    assert process_exists(pid)
+
+    report = (await client.post("/api/v1/models/piper-joe/unload")).json()
+    assert report["previous_state"] == "loaded"
+    assert report["state"] == "unloaded"
+    assert report["reason"] == "manual"
+    assert report["pid"] == pid
+    assert report["worker_exited"] is True
+    assert report["exit_code"] == 0
+    assert report["memory_freed"]["rss_bytes"] > 50 * 1024 * 1024
+    assert not process_exists(pid)
+    status = (await client.get("/api/v1/models/piper-joe/status")).json()
+    assert (status["state"], status["pid"], status["last_unload_reason"]) == ("unloaded", None, "manual")
+
+
+async def test_unload_waits_for_the_request_in_flight_and_counts_it(make_client: ClientFactory) -> None:
+    async with make_client(Settings(), (tone_model("slow", chunks=20, chunk_seconds=0.05),)) as client:
+        results: dict[str, int] = {}
+
+        async def speak() -> None:
+            response = await client.post(
+                "/v1/audio/speech", json={"model": "slow", "input": "x", "response_format": "wav"}
+            )
+            results["speech"] = response.status_code
+            results["bytes"] = len(response.content)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(speak)
+            with anyio.fail_after(10):
+                while (await client.loader.snapshot("slow")).in_flight == 0:
+                    await anyio.sleep(0.01)
+            report = (await client.post("/api/v1/models/slow/unload")).json()
+        assert results["speech"] == 200
+        assert results["bytes"] > 20 * 4000 * 2
+        assert report["requests_drained"] == 1
+        assert report["worker_exited"] is True
+
+
+async def test_unknown_model_is_a_404_listing_the_known_ones(client: AppClient) -> None:
+    for method, path in [
+        ("POST", "/api/v1/models/nope/load"),
+        ("POST", "/api/v1/models/nope/unload"),
+        ("GET", "/api/v1/models/nope/status"),
+        ("PATCH", "/api/v1/models/nope"),
+    ]:
+        response = await client.request(method, path, json={} if method == "PATCH" else None)
+        assert response.status_code == 404, path
+        assert "piper-joe" in response.json()["error"]["message"]
+
+
+async def test_settings_change_at_run_time(client: AppClient) -> None:
+    changed = (await client.patch("/api/v1/models/piper-joe", json={"idle_timeout": 0.2, "pinned": True})).json()
+    assert (changed["idle_timeout"], changed["pinned"]) == (0.2, True)
+    await client.post("/api/v1/models/piper-joe/load")
+    await anyio.sleep(0.5)
+    assert client.loader.state("piper-joe").value == "loaded"
+    await client.patch("/api/v1/models/piper-joe", json={"pinned": False})
+    with anyio.fail_after(5):
+        while client.loader.state("piper-joe").value != "unloaded":
+            await anyio.sleep(0.02)
+    bad = await client.patch("/api/v1/models/piper-joe", json={"pinned": "yes"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "pinned"
+
+
+async def test_a_worker_killed_mid_request_gives_a_clear_503_and_the_model_recovers(
+    make_client: ClientFactory,
+) -> None:
+    import os
+    import signal
+
+    async with make_client(Settings(), (tone_model("slow", chunks=100, chunk_seconds=0.05),)) as client:
+        results: list[tuple[int, str]] = []
+
+        async def speak() -> None:
+            response = await client.post("/v1/audio/speech", json={"model": "slow", "input": "x"})
+            results.append((response.status_code, response.text))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(speak)
+            with anyio.fail_after(10):
+                while (snapshot := await client.loader.snapshot("slow")).in_flight == 0:
+                    await anyio.sleep(0.01)
+            worker_pid = snapshot.pid
+            assert worker_pid is not None
+            os.kill(worker_pid, signal.SIGKILL)
+        assert worker_pid is not None
+        status_code, body = results[0]
+        assert status_code == 503
+        assert "exited" in body
+        status = (await client.get("/api/v1/models/slow/status")).json()
+        assert (status["state"], status["last_unload_reason"], status["in_flight"]) == ("unloaded", "crash", 0)
+        assert "-9" in status["last_error"]
+        assert not process_exists(worker_pid)
+        again = await client.post("/v1/audio/speech", json={"model": "slow", "input": "x", "keep_alive": 0})
+        assert again.status_code == 200
+        assert again.headers["x-cold-start"] == "true"

@@ -1,0 +1,108 @@
+"""`python -m service` as users run it: the official openai client, JSON logs, signals and orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from service.memory import process_exists
+from tests.conftest import ServerProcess, child_pids
+
+pytestmark = pytest.mark.slow
+
+StartServer = Callable[..., ServerProcess]
+
+
+def log_events(server: ServerProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not process_exists(pid)
+
+
+def test_the_official_openai_client_works_plain_and_streaming(start_server: StartServer) -> None:
+    server = start_server()
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused")
+    plain = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello from the official client.")
+    assert plain.response.headers["content-type"] == "audio/mpeg"
+    assert len(plain.content) > 2000
+
+    text = "One sentence arrives. Then another one. And a third to finish."
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="nova", input=text, response_format="pcm", stream_format="audio"
+    ) as response:
+        assert response.headers["x-cold-start"] == "false"
+        chunks = [chunk for chunk in response.iter_bytes() if chunk]
+    assert len(chunks) >= 3
+    assert sum(len(chunk) for chunk in chunks) > 24000 * 2 * 2
+
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.audio.speech.create(model="no-such-model", voice="alloy", input="x")
+    assert "piper-joe" in str(missing.value)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="")
+    models = [model.id for model in client.models.list()]
+    assert "piper-joe" in models
+
+
+def test_logs_are_json_lines_with_lifecycle_and_request_events(start_server: StartServer) -> None:
+    server = start_server("--idle-timeout", "0.5")
+    response = httpx.post(
+        f"{server.base_url}/v1/audio/speech",
+        json={"model": "tts-1", "input": "Log this.", "response_format": "wav"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    deadline = time.monotonic() + 10
+    while "model_unloaded" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = {str(event["event"]): event for event in log_events(server)}
+    assert {"model_load_started", "model_loaded", "request_finished", "model_unloaded"} <= set(events)
+    assert events["model_unloaded"]["reason"] == "idle"
+    assert float(str(events["model_unloaded"]["idle_seconds"])) >= 0.5
+    assert events["request_finished"]["cold"] is True
+    assert any(event.get("logger") == "uvicorn.access" for event in log_events(server))
+
+
+def test_sigterm_unloads_every_worker_and_exits_zero(start_server: StartServer) -> None:
+    server = start_server()
+    status = httpx.post(f"{server.base_url}/api/v1/models/piper-joe/load", timeout=60).json()
+    worker = status["pid"]
+    assert worker in child_pids(server.process.pid)
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+    assert wait_gone(worker)
+    shutdown = [event for event in log_events(server) if event["event"] == "model_unloaded"]
+    assert shutdown[-1]["reason"] == "shutdown"
+
+
+def test_a_worker_does_not_outlive_a_server_killed_with_sigkill(start_server: StartServer) -> None:
+    server = start_server()
+    worker = httpx.post(f"{server.base_url}/api/v1/models/piper-joe/load", timeout=60).json()["pid"]
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(timeout=10)
+    assert wait_gone(worker)
+
+
+def test_help_lists_the_options() -> None:
+    import subprocess
+    import sys
+
+    from service.settings import PROJECT_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    for flag in ("--host", "--port", "--idle-timeout", "--models-dir", "--default-model"):
+        assert flag in result.stdout
