@@ -24,6 +24,7 @@ from service.memory import MemoryUsage
 log = structlog.get_logger("service.lazy_loader")
 
 EVENT_HISTORY = 200
+REAPER_RETRY_SECONDS = 1.0
 
 
 class SlotState(StrEnum):
@@ -611,7 +612,11 @@ class LazyLoader(Generic[W]):
                 with anyio.move_on_after(remaining):
                     await changed.wait()
                 continue
-            await self._unload(slot, deadline[1])
+            try:
+                await self._unload(slot, deadline[1])
+            except Exception as error:  # a reaper must outlive any one failed unload
+                self._record("model_unload_failed", slot, level="error", error=f"{type(error).__name__}: {error}")
+                await anyio.sleep(REAPER_RETRY_SECONDS)
 
     # ---- observation
 

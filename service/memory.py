@@ -8,6 +8,8 @@ from pathlib import Path
 
 import anyio
 
+NVIDIA_SMI_TIMEOUT_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class MemoryUsage:
@@ -43,9 +45,13 @@ async def gpu_bytes_by_pid() -> dict[int, int] | None:
     executable = shutil.which("nvidia-smi")
     if executable is None:
         return None
-    result = await anyio.run_process(
-        [executable, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], check=False
-    )
+    try:
+        with anyio.fail_after(NVIDIA_SMI_TIMEOUT_SECONDS):
+            result = await anyio.run_process(
+                [executable, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], check=False
+            )
+    except (OSError, TimeoutError):
+        return None
     if result.returncode != 0:
         return None
     usage: dict[int, int] = {}

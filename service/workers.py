@@ -13,14 +13,17 @@ from typing import Any
 
 import anyio
 import numpy as np
+import structlog
 from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from service.engines.base import AudioChunk, GpuMemory, SynthesisRequest
-from service.ipc import Frame, FrameReader, write_frame
+from service.ipc import Frame, FrameReader, ProtocolError, write_frame
 from service.memory import MemoryUsage, measure
 from service.settings import PROJECT_ROOT
 from service.worker_main import PARENT_PID_ENV
+
+log = structlog.get_logger("service.workers")
 
 STOP_GRACE_SECONDS = 5.0
 CANCEL_GRACE_SECONDS = 5.0
@@ -124,6 +127,9 @@ class WorkerProcess:
                 if stream is not None:
                     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                         await stream.send(frame)
+        except (ProtocolError, ValueError) as error:
+            log.error("worker_protocol_error", model=self.spec.model_id, pid=self.pid, error=str(error))
+            self._process.kill()
         finally:
             with anyio.CancelScope(shield=True):
                 self.returncode = await self._process.wait()
