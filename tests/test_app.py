@@ -33,7 +33,8 @@ async def test_preloaded_models_load_at_start_up_and_pinned_ones_stay(make_clien
 
 
 async def test_the_server_process_never_imports_an_engine_library(client: AppClient) -> None:
-    response = await client.post("/v1/audio/speech", json={"model": "tts-1", "input": "Only the worker.",
-                                                           "response_format": "pcm"})
+    response = await client.post(
+        "/v1/audio/speech", json={"model": "tts-1", "input": "Only the worker.", "response_format": "pcm"}
+    )
     assert response.status_code == 200
     assert [module for module in HEAVY_MODULES if module in sys.modules] == []
