@@ -1,6 +1,7 @@
 """Lifecycle benchmarks: what the service costs on top of calling Piper directly, measured in one run.
 
-Every service figure is set against a baseline measured in the same run on the same machine:
+Every service figure is set against a baseline measured in the same run on the same machine, and the two sides
+are timed alternately (direct, service, service, direct, ...) so that background load hits both alike:
 
 1. warm request through the service  vs. the same synthesis in-process (`voice.synthesize`)
 2. cold request (model unloaded)      vs. load + synthesize in a fresh Python process
@@ -269,6 +270,7 @@ class MemoryResult:
     server_loaded: dict[str, int] = field(default_factory=dict)
     server_after_unload: dict[str, int] = field(default_factory=dict)
     worker_pid: int | None = None
+    worker_rss_after_load_bytes: int | None = None
     worker_rss_status_bytes: int | None = None
     worker_proc: dict[str, int] = field(default_factory=dict)
     unload_memory_freed_rss_bytes: int | None = None
@@ -430,6 +432,8 @@ def run(runs: int, cold_runs: int, reaper_rounds: int, log_dir: Path) -> dict[st
         log(f"warm: direct synthesis and service requests, {runs} runs each, interleaved")
         warm = measure_warm(server, runs)
 
+        loaded = server.events("model_loaded")
+        memory.worker_rss_after_load_bytes = loaded[0].get("rss_bytes") if loaded else None
         status = server.status()
         memory.worker_pid = status["pid"]
         memory.worker_rss_status_bytes = status["rss_bytes"]
@@ -582,7 +586,12 @@ def render(results: dict[str, Any]) -> str:
     ):
         values = memory[key]
         row(f"  server {label}: VmRSS / VmHWM", f"{mib(values.get('VmRSS'))} / {mib(values.get('VmHWM'))}")
-    row("  worker rss_bytes (status, loaded)", mib(memory["worker_rss_status_bytes"]), f"pid {memory['worker_pid']}")
+    row("  worker RSS right after load", mib(memory["worker_rss_after_load_bytes"]), "model_loaded log event")
+    row(
+        f"  worker rss_bytes (status, after {warm['runs'] + 1} requests)",
+        mib(memory["worker_rss_status_bytes"]),
+        f"pid {memory['worker_pid']}",
+    )
     row("  worker VmHWM (/proc, loaded)", mib(memory["worker_proc"].get("VmHWM")))
     row(
         "  unload memory_freed.rss_bytes",

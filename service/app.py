@@ -18,22 +18,27 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from service import __version__
+from service.audio_input import AudioDecoder
 from service.catalog import Catalog, ModelSpec
 from service.controllers.health import HealthController
 from service.controllers.metrics import MetricsController
 from service.controllers.models import ModelsController
 from service.controllers.openai import OpenAIController
 from service.controllers.pages import PagesController
+from service.controllers.voices import VoicesController
 from service.errors import EXCEPTION_HANDLERS
 from service.lazy_loader import LazyLoader
 from service.metrics import Metrics
 from service.model_admin import ModelAdmin
-from service.model_config import load_model_config
+from service.model_config import load_model_config, load_voice_presets
 from service.settings import PROJECT_ROOT, Settings
 from service.speech import SpeechService
+from service.voices import VoiceLibrary
 from service.workers import WorkerProcess
 
 DOCS_ASSETS = Path(litestar_offline_docs.__file__).parent / "static"
+ENGINE_INPUT_RATE = 24000
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def _openapi_config() -> OpenAPIConfig:
@@ -59,6 +64,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     """The whole service for these settings; `extra_models` adds configured models beside the discovered ones."""
     settings = settings or Settings()
     configured = load_model_config(settings.models_config, settings) if settings.models_config else []
+    presets = load_voice_presets(settings.models_config) if settings.models_config else []
     catalog = Catalog.from_settings(settings, [*configured, *extra_models])
 
     async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
@@ -74,7 +80,11 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     metrics = Metrics()
     metrics.watch(loader)
     admin = ModelAdmin(catalog, loader)
-    speech = SpeechService(catalog, loader, metrics, settings.max_input_chars)
+    voices = VoiceLibrary(settings.data_dir, presets)
+    decoder = AudioDecoder(
+        ENGINE_INPUT_RATE, settings.max_audio_seconds, settings.max_upload_bytes, settings.audio_url_prefixes
+    )
+    speech = SpeechService(catalog, loader, metrics, voices, decoder, settings.max_input_chars)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -96,6 +106,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             HealthController,
             ModelsController,
             OpenAIController,
+            VoicesController,
             MetricsController,
             create_static_files_router(
                 path="/static/docs", directories=[DOCS_ASSETS], name="docs-assets", include_in_schema=False
@@ -109,11 +120,13 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             "admin": provide(admin),
             "speech": provide(speech),
             "metrics": provide(metrics),
+            "voices": provide(voices),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=_openapi_config(),
         template_config=TemplateConfig(directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine),
         lifespan=[lifespan],
+        request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         logging_config=None,
     )
     app.state.loader = loader

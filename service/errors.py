@@ -15,6 +15,7 @@ from litestar.types import ExceptionHandlersMap
 
 from service.engines.base import EngineInputError
 from service.lazy_loader import ModelUnavailable, UnknownModel
+from service.voices import VoiceError
 from service.workers import EngineRequestError, WorkerCrashed
 
 log = structlog.get_logger("service.errors")
@@ -53,6 +54,8 @@ def as_api_error(error: Exception) -> ApiError:
     """The API's answer to any exception raised while serving a request."""
     if isinstance(error, ApiError):
         return error
+    if isinstance(error, VoiceError):
+        return ApiError(error.status, str(error), param=error.param, code=type(error).__name__)
     if isinstance(error, UnknownModel):
         return ApiError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, EngineInputError):

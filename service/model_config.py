@@ -17,11 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import soundfile
+
 from service.catalog import ModelSpec
 from service.lazy_loader import ModelPolicy
 from service.settings import Settings
+from service.voices import Voice, VoiceError, validate_name
 
-_KNOWN_KEYS = {"id", "engine", "options", "idle_timeout", "auto_unload", "pinned", "preload", "owned_by"}
+_KNOWN_KEYS = {"id", "engine", "options", "idle_timeout", "auto_unload", "pinned", "preload", "owned_by", "environment"}
+_VOICE_KEYS = {"name", "audio", "transcript", "locale", "gender", "description"}
 
 
 class ModelConfigError(ValueError):
@@ -54,17 +58,63 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
         if not isinstance(value, bool):
             raise ModelConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
     policy = ModelPolicy(idle_timeout=float(idle_timeout), **flags)
+    environment = raw.get("environment", {})
+    if not isinstance(environment, dict) or not all(isinstance(value, str) for value in environment.values()):
+        raise ModelConfigError(f"{where}: 'environment' must be a table of strings")
     try:
-        return ModelSpec.create(raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")))
+        return ModelSpec.create(
+            raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")), environment
+        )
     except Exception as error:  # an engine that cannot describe itself is a configuration error
         raise ModelConfigError(f"{where}: {type(error).__name__}: {error}") from error
 
 
-def load_model_config(path: Path, settings: Settings) -> list[ModelSpec]:
+def _document(path: Path) -> dict[str, Any]:
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ModelConfigError(f"{path}: {error}") from error
+
+
+def _voice(path: Path, index: int, raw: Any) -> Voice:
+    where = f"{path}: voices[{index}]"
+    if not isinstance(raw, dict):
+        raise ModelConfigError(f"{where}: expected a table")
+    where = f"{where} ({raw.get('name', 'no name')!s})"
+    unknown = sorted(set(raw) - _VOICE_KEYS)
+    if unknown:
+        raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_VOICE_KEYS)}")
+    if not all(isinstance(raw.get(key), str) for key in ("name", "audio", "transcript")):
+        raise ModelConfigError(f"{where}: 'name', 'audio' (a file) and 'transcript' are required strings")
+    audio = Path(raw["audio"]) if Path(raw["audio"]).is_absolute() else path.parent / raw["audio"]
+    try:
+        validate_name(raw["name"])
+        info = soundfile.info(str(audio))
+    except (VoiceError, RuntimeError, OSError) as error:
+        raise ModelConfigError(f"{where}: {error}") from error
+    return Voice(
+        name=raw["name"],
+        transcript=raw["transcript"],
+        audio_path=audio,
+        seconds=info.duration,
+        sample_rate=info.samplerate,
+        locale=raw.get("locale"),
+        gender=raw.get("gender"),
+        description=raw.get("description"),
+        preset=True,
+    )
+
+
+def load_voice_presets(path: Path) -> list[Voice]:
+    """The `[[voices]]` of the models file: read-only presets of the voice library."""
+    entries = _document(path).get("voices", [])
+    if not isinstance(entries, list):
+        raise ModelConfigError(f"{path}: 'voices' must be an array of tables ([[voices]])")
+    return [_voice(path, index, raw) for index, raw in enumerate(entries)]
+
+
+def load_model_config(path: Path, settings: Settings) -> list[ModelSpec]:
+    document = _document(path)
     entries = document.get("models", [])
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: 'models' must be an array of tables ([[models]])")

@@ -12,6 +12,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _split_ids(raw: str) -> tuple[str, ...]:
+    """A comma-separated list (model ids, URL prefixes)."""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
@@ -98,6 +99,56 @@ class Settings:
         default=(),
         metadata={"option": Option("PINNED", "--pinned", "comma-separated model ids never unloaded automatically")},
     )
+    step_audio_dir: Path | None = field(
+        default=None,
+        metadata={
+            "option": Option(
+                "STEP_AUDIO_DIR", "--step-audio-dir", "a Step-Audio-EditX checkout (its code; models in its models/)"
+            )
+        },
+    )
+    step_audio_models_dir: Path | None = field(
+        default=None,
+        metadata={
+            "option": Option(
+                "STEP_AUDIO_MODELS_DIR",
+                "--step-audio-models-dir",
+                "folder with Step-Audio-Tokenizer and Step-Audio-EditX* (default: <step-audio-dir>/models)",
+            )
+        },
+    )
+    step_audio_variant: str = field(
+        default="bnb",
+        metadata={
+            "option": Option(
+                "STEP_AUDIO_VARIANT", "--step-audio-variant", "variant behind the model name step-audio-editx"
+            )
+        },
+    )
+    data_dir: Path = field(
+        default=PROJECT_ROOT / "data",
+        metadata={"option": Option("DATA_DIR", "--data-dir", "writable folder for uploaded voices")},
+    )
+    max_audio_seconds: float = field(
+        default=30.0,
+        metadata={
+            "option": Option("MAX_AUDIO_SECONDS", "--max-audio-seconds", "longest accepted reference or input clip")
+        },
+    )
+    max_upload_bytes: int = field(
+        default=20 * 1024 * 1024,
+        metadata={"option": Option("MAX_UPLOAD_BYTES", "--max-upload-bytes", "largest accepted request body")},
+    )
+    audio_url_prefixes: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "option": Option(
+                "AUDIO_URL_PREFIXES",
+                "--audio-url-prefixes",
+                "comma-separated URL prefixes audio may be fetched from (default: none, URLs refused)",
+            )
+        },
+    )
     max_input_chars: int = field(
         default=4096,
         metadata={"option": Option("MAX_INPUT_CHARS", "--max-input-chars", "longest accepted speech input")},
@@ -123,6 +174,8 @@ class Settings:
             raise SettingError("port", f"must be 1-65535, got {self.port}")
         if self.max_loaded_models < 1:
             raise SettingError("max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
+        if self.step_audio_variant not in {"base", "bnb", "awq"}:
+            raise SettingError("step_audio_variant", f"must be base, bnb or awq, got {self.step_audio_variant!r}")
         if self.log_format not in {"auto", "json", "console"}:
             raise SettingError("log_format", f"must be auto, json or console, got {self.log_format!r}")
 
@@ -139,6 +192,12 @@ def _convert(name: str, raw: str) -> object:
         "auto_unload": _parse_bool,
         "models_dir": Path,
         "models_config": Path,
+        "step_audio_dir": Path,
+        "step_audio_models_dir": Path,
+        "data_dir": Path,
+        "max_audio_seconds": float,
+        "max_upload_bytes": int,
+        "audio_url_prefixes": _split_ids,
         "preload": _split_ids,
         "pinned": _split_ids,
     }

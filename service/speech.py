@@ -7,7 +7,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -17,11 +17,14 @@ import numpy as np
 import structlog
 
 from service.audio import MEDIA_TYPES, AudioFormat, create_encoder, encode_whole, output_sample_rate
-from service.catalog import Catalog, ModelSpec
-from service.engines.base import AudioChunk, SynthesisRequest
+from service.audio_input import AudioDecoder
+from service.catalog import STEP_AUDIO_ALIAS, Catalog, ModelSpec
+from service.engines.base import MAX_EDIT_ITERATIONS, AudioChunk, AudioClip, EditRequest, SynthesisRequest
 from service.errors import ApiError
+from service.instructions import check_edit, edits_from_instructions, speed_edit
 from service.lazy_loader import LazyLoader, Lease
 from service.metrics import Metrics
+from service.voices import VoiceError, VoiceLibrary
 from service.workers import WorkerProcess
 
 log = structlog.get_logger("service.speech")
@@ -37,8 +40,24 @@ class VoiceReference(msgspec.Struct):
     id: str
 
 
+class StepAudioExtension(msgspec.Struct, kw_only=True):
+    """The Step-Audio-EditX fork's request extension, still accepted so its clients keep working."""
+
+    mode: Literal["clone", "emotion", "style", "speed", "paralinguistic", "denoise", "vad"] = "clone"
+    model_variant: Literal["base", "bnb", "awq"] | None = None
+    prompt_text: str | None = None
+    prompt_audio_base64: str | None = None
+    prompt_audio_url: str | None = None
+    input_audio_base64: str | None = None
+    input_audio_url: str | None = None
+    audio_text: Annotated[str | None, msgspec.Meta(description="What input_audio says (edit modes).")] = None
+    edit_info: Annotated[str | None, msgspec.Meta(description="The emotion, style or speed value.")] = None
+    intensity: Annotated[float | None, msgspec.Meta(description="Accepted and ignored: the engine has none.")] = None
+    n_edit_iter: Annotated[int, msgspec.Meta(ge=1, le=MAX_EDIT_ITERATIONS)] = 1
+
+
 class SpeechRequest(msgspec.Struct, kw_only=True):
-    """OpenAI's speech request, plus `keep_alive` and `sample_rate`."""
+    """OpenAI's speech request, plus `keep_alive`, `sample_rate` and the fork's `step_audio` extension."""
 
     model: Annotated[str, msgspec.Meta(description="Model id, or tts-1 / tts-1-hd for the default model.")]
     input: Annotated[str, msgspec.Meta(description="Text to speak.")]
@@ -74,6 +93,8 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
             "as '10m' or '1h30m'; negative: until unloaded by hand; 0: unload right after it."
         ),
     ] = None
+    step_audio: StepAudioExtension | None = None
+    metadata: dict[str, str] | None = None
 
 
 def parse_keep_alive(value: str | float | None) -> float | None:
@@ -101,6 +122,10 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     return float(value)
 
 
+def _chunks(worker: WorkerProcess, request: SynthesisRequest | EditRequest) -> AsyncGenerator[AudioChunk, None]:
+    return worker.synthesize(request) if isinstance(request, SynthesisRequest) else worker.edit(request)
+
+
 async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """OpenAI's speech SSE stream: `speech.audio.delta` events with base64 audio, then `speech.audio.done`."""
     async for chunk in audio:
@@ -117,13 +142,15 @@ def _nothing_to_speak() -> ApiError:
 
 @dataclass
 class SpeechPlan:
-    """A validated request: which model and voice, and how the audio is encoded."""
+    """A validated request: which model, what it is asked to do, and how the audio is encoded."""
 
     spec: ModelSpec
-    synthesis: SynthesisRequest
+    request: SynthesisRequest | EditRequest
+    mode: str
     audio_format: AudioFormat
     output_rate: int
     keep_alive: float | None
+    notes: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -134,27 +161,91 @@ class SpeechResult:
     headers: dict[str, str]
 
 
+def _audio_format(response_format: str) -> AudioFormat:
+    audio_format = AudioFormat(response_format)
+    if audio_format is AudioFormat.AAC:
+        raise ApiError(
+            400,
+            "response_format 'aac' is not available on this server; use mp3, opus, flac, wav or pcm",
+            param="response_format",
+            code="unsupported_value",
+        )
+    return audio_format
+
+
 class SpeechService:
     def __init__(
-        self, catalog: Catalog, loader: LazyLoader[WorkerProcess], metrics: Metrics, max_input_chars: int
+        self,
+        catalog: Catalog,
+        loader: LazyLoader[WorkerProcess],
+        metrics: Metrics,
+        voices: VoiceLibrary,
+        decoder: AudioDecoder,
+        max_input_chars: int,
     ) -> None:
         self._catalog = catalog
         self._loader = loader
         self._metrics = metrics
+        self._voices = voices
+        self.decoder = decoder
         self._max_input_chars = max_input_chars
 
-    def plan(self, request: SpeechRequest) -> SpeechPlan:
-        """Check everything about the request that can be checked before any model work starts."""
-        if not request.input.strip():
-            raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
-        if len(request.input) > self._max_input_chars:
+    def _check_text(self, text: str, param: str) -> None:
+        if not text.strip():
+            raise ApiError(400, f"{param} must not be empty", param=param, code="invalid_value")
+        if len(text) > self._max_input_chars:
             raise ApiError(
                 400,
-                f"input is {len(request.input)} characters; the limit is {self._max_input_chars}",
-                param="input",
+                f"{param} is {len(text)} characters; the limit is {self._max_input_chars}",
+                param=param,
                 code="string_above_max_length",
             )
-        spec = self._catalog.resolve(request.model)
+
+    async def plan(self, request: SpeechRequest, uploads: Mapping[str, bytes] | None = None) -> SpeechPlan:
+        """Check everything about the request that can be checked before any model work starts."""
+        self._check_text(request.input, "input")
+        audio_format = _audio_format(request.response_format)
+        keep_alive = parse_keep_alive(request.keep_alive)
+        if request.step_audio is not None:
+            spec, mode, work, notes = await self._step_audio(request, request.step_audio, uploads or {})
+        else:
+            spec = self._catalog.resolve(request.model)
+            notes = {}
+            if spec.capabilities.clones:
+                mode, work = "clone", await self._clone(spec, request, None)
+            else:
+                mode, work = "tts", self._own_voice(spec, request)
+        rate = output_sample_rate(audio_format, spec.capabilities.sample_rate, request.sample_rate)
+        return SpeechPlan(spec, work, mode, audio_format, rate, keep_alive, notes)
+
+    async def plan_edit(
+        self,
+        model: str | None,
+        audio: AudioClip,
+        transcript: str,
+        mode: str,
+        edit_info: str | None,
+        text: str | None,
+        iterations: int,
+        response_format: str,
+        keep_alive: str | float | None,
+    ) -> SpeechPlan:
+        """An edit of an uploaded clip (POST /v1/audio/edit)."""
+        spec = self._catalog.editing_model(model)
+        if response_format not in AudioFormat.__members__.values():
+            raise ApiError(
+                400,
+                f"response_format {response_format!r} is not one of {[f.value for f in AudioFormat]}",
+                param="response_format",
+                code="invalid_value",
+            )
+        audio_format = _audio_format(response_format)
+        edit = self._edit(spec, audio, transcript, mode, edit_info, text, iterations, "")
+        rate = output_sample_rate(audio_format, spec.capabilities.sample_rate, None)
+        return SpeechPlan(spec, edit, mode, audio_format, rate, parse_keep_alive(keep_alive))
+
+    def _own_voice(self, spec: ModelSpec, request: SpeechRequest) -> SynthesisRequest:
+        """A request for an engine with voices of its own (Piper's speakers)."""
         capabilities = spec.capabilities
         named = request.voice.id if isinstance(request.voice, VoiceReference) else request.voice
         voice = named or capabilities.default_voice
@@ -177,28 +268,162 @@ class SpeechService:
             )
         if request.speed != 1.0 and not capabilities.supports_speed:
             raise ApiError(400, f"model {spec.id!r} cannot change speed", param="speed", code="unsupported_value")
-        audio_format = AudioFormat(request.response_format)
-        if audio_format is AudioFormat.AAC:
-            raise ApiError(
-                400,
-                "response_format 'aac' is not available on this server; use mp3, opus, flac, wav or pcm",
-                param="response_format",
-                code="unsupported_value",
-            )
-        return SpeechPlan(
-            spec=spec,
-            synthesis=SynthesisRequest(
-                text=request.input, voice=voice, speed=request.speed, instructions=request.instructions
-            ),
-            audio_format=audio_format,
-            output_rate=output_sample_rate(audio_format, capabilities.sample_rate, request.sample_rate),
-            keep_alive=parse_keep_alive(request.keep_alive),
+        return SynthesisRequest(text=request.input, voice=voice, speed=request.speed, instructions=request.instructions)
+
+    async def _clone(
+        self, spec: ModelSpec, request: SpeechRequest, reference: tuple[AudioClip, str] | None
+    ) -> SynthesisRequest:
+        """A cloning request: the voice's clip and transcript (or the given reference), then the edits that
+        `instructions` and `speed` ask for."""
+        options = spec.capabilities.edit_options
+        edits = edits_from_instructions(request.instructions, options)
+        speed = speed_edit(request.speed, options)
+        label = "reference"
+        if reference is None:
+            named = request.voice.id if isinstance(request.voice, VoiceReference) else request.voice
+            label = named if named and named not in OPENAI_VOICES else spec.capabilities.default_voice
+            if not label:
+                raise ApiError(
+                    400,
+                    f"model {spec.id!r} speaks in a cloned voice: set voice to a voice of the library "
+                    f"({', '.join(self._voices.names()) or 'none yet: add one with POST /v1/voices'})",
+                    param="voice",
+                    code="voice_required",
+                )
+            try:
+                voice, clip = await anyio.to_thread.run_sync(self._voices.clip, label)
+            except VoiceError as error:
+                raise ApiError(400, str(error), param="voice", code="invalid_value") from error
+            reference = (self.decoder.conform(clip), voice.transcript)
+        return SynthesisRequest(
+            text=request.input,
+            voice=label,
+            speed=request.speed,
+            instructions=request.instructions,
+            reference=reference[0],
+            reference_text=reference[1],
+            edits=edits + ((speed,) if speed else ()),
         )
 
+    def _edit(
+        self,
+        spec: ModelSpec,
+        audio: AudioClip,
+        transcript: str,
+        mode: str,
+        edit_info: str | None,
+        text: str | None,
+        iterations: int,
+        prefix: str,
+    ) -> EditRequest:
+        options = spec.capabilities.edit_options
+        if not options:
+            raise ApiError(
+                400,
+                f"model {spec.id!r} does not edit audio",
+                param=f"{prefix}mode" if prefix else "model",
+                code="unsupported_value",
+            )
+        checked = check_edit(mode, edit_info, options, f"{prefix}edit_info")
+        if mode not in ("denoise", "vad") and not transcript.strip():
+            raise ApiError(
+                400,
+                f"{prefix}audio_text must say what the audio says"
+                if prefix
+                else "transcript must say what the audio says",
+                param=f"{prefix}audio_text" if prefix else "transcript",
+                code="invalid_value",
+            )
+        if mode == "paralinguistic" and not (text or "").strip():
+            raise ApiError(
+                400, "paralinguistic edits need the new transcript with tags (text)", param="text", code="invalid_value"
+            )
+        if not 1 <= iterations <= MAX_EDIT_ITERATIONS:
+            raise ApiError(
+                400, f"n_edit_iter must be 1 to {MAX_EDIT_ITERATIONS}", param="n_edit_iter", code="invalid_value"
+            )
+        return EditRequest(audio, transcript, mode, checked, text if mode == "paralinguistic" else None, iterations)
+
+    async def _audio(self, encoded: str | None, url: str | None, upload: bytes | None, param: str) -> AudioClip | None:
+        given = [source for source in (encoded, url, upload) if source is not None]
+        if len(given) > 1:
+            raise ApiError(
+                400, f"{param}: send the audio one way only (base64, URL or upload)", param=param, code="invalid_value"
+            )
+        if encoded is not None:
+            return self.decoder.decode_base64(encoded, f"{param}_base64")
+        if url is not None:
+            return await self.decoder.fetch(url, f"{param}_url")
+        if upload is not None:
+            return self.decoder.decode(upload, f"{param}_file")
+        return None
+
+    async def _step_audio(
+        self, request: SpeechRequest, extension: StepAudioExtension, uploads: Mapping[str, bytes]
+    ) -> tuple[ModelSpec, str, SynthesisRequest | EditRequest, dict[str, str]]:
+        """The fork's `step_audio` extension: a clone or an edit on a Step-Audio-EditX variant."""
+        name = f"{STEP_AUDIO_ALIAS}-{extension.model_variant}" if extension.model_variant else request.model
+        spec = self._catalog.resolve(name)
+        if not spec.capabilities.clones and STEP_AUDIO_ALIAS in self._catalog.aliases:
+            spec = self._catalog.resolve(STEP_AUDIO_ALIAS)
+        if not spec.capabilities.clones:
+            raise ApiError(
+                400,
+                f"the step_audio extension needs a Step-Audio-EditX model; {spec.id!r} is not one "
+                "and none is configured",
+                param="model",
+                code="unsupported_value",
+            )
+        notes = {"X-Ignored-Fields": "step_audio.intensity"} if extension.intensity is not None else {}
+        if extension.mode == "clone":
+            prompt = await self._audio(
+                extension.prompt_audio_base64,
+                extension.prompt_audio_url,
+                uploads.get("prompt_audio_file"),
+                "step_audio.prompt_audio",
+            )
+            if prompt is not None and not (extension.prompt_text or "").strip():
+                raise ApiError(
+                    400,
+                    "step_audio.prompt_text must say what the prompt audio says",
+                    param="step_audio.prompt_text",
+                    code="invalid_value",
+                )
+            reference = (prompt, extension.prompt_text or "") if prompt is not None else None
+            return spec, "clone", await self._clone(spec, request, reference), notes
+        audio = await self._audio(
+            extension.input_audio_base64,
+            extension.input_audio_url,
+            uploads.get("input_audio_file"),
+            "step_audio.input_audio",
+        )
+        if audio is None:
+            raise ApiError(
+                400,
+                f"step_audio.input_audio_base64 (or an upload) is needed for mode {extension.mode!r}",
+                param="step_audio.input_audio_base64",
+                code="invalid_value",
+            )
+        edit = self._edit(
+            spec,
+            audio,
+            extension.audio_text or "",
+            extension.mode,
+            extension.edit_info,
+            request.input,
+            extension.n_edit_iter,
+            "step_audio.",
+        )
+        return spec, extension.mode, edit, notes
+
     def _headers(self, plan: SpeechPlan, lease: Lease[WorkerProcess]) -> dict[str, str]:
-        return {
+        voice = plan.request.voice if isinstance(plan.request, SynthesisRequest) else ""
+        edits = plan.request.edits if isinstance(plan.request, SynthesisRequest) else ()
+        return plan.notes | {
             "X-Model": plan.spec.id,
-            "X-Voice": plan.synthesis.voice,
+            "X-Mode": plan.mode,
+            "X-Edits": ",".join(f"{step.mode}={step.edit_info or ''}" for step in edits),
+            "X-Voice": voice,
             "X-Sample-Rate": str(plan.output_rate),
             "X-Cold-Start": "true" if lease.cold else "false",
             "X-Model-Load-Seconds": f"{lease.load_seconds or 0.0:.3f}",
@@ -211,7 +436,7 @@ class SpeechService:
         first_audio: float | None = None
         chunks: list[AudioChunk] = []
         try:
-            async for chunk in lease.worker.synthesize(plan.synthesis):
+            async for chunk in _chunks(lease.worker, plan.request):
                 first_audio = first_audio or time.perf_counter()
                 chunks.append(chunk)
         finally:
@@ -231,7 +456,7 @@ class SpeechService:
         """Encoded audio chunks as the engine produces them; errors before the first chunk still reach the client
         as a proper error response."""
         lease = await self._loader.acquire(plan.spec.id, plan.keep_alive)
-        chunks = lease.worker.synthesize(plan.synthesis)
+        chunks = _chunks(lease.worker, plan.request)
         try:
             first = await anext(chunks, None)
             if first is None:

@@ -15,12 +15,13 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from service.engines import resolve_engine
-from service.engines.base import Engine, EngineInputError, SynthesisRequest
+from service.engines.base import AudioChunk, AudioClip, EditRequest, Engine, EngineInputError, SynthesisRequest
 from service.ipc import Frame, read_frame_sync, write_frame_sync
 
 PARENT_PID_ENV = "SERVICE_PARENT_PID"
@@ -85,28 +86,42 @@ def _gpu(engine: Engine) -> dict[str, int]:
     return {"allocated_bytes": memory.allocated_bytes, "reserved_bytes": memory.reserved_bytes}
 
 
-def _synthesize(engine: Engine, header: dict[str, Any], inbox: Inbox, out: BinaryIO) -> None:
-    request_id = header["id"]
-    request = SynthesisRequest(**header["request"])
+def _audio(frame: Frame) -> AudioClip | None:
+    rate = frame.header.get("audio_rate")
+    return None if rate is None else AudioClip(np.frombuffer(frame.payload, dtype="<f4").copy(), int(rate))
+
+
+def _chunks(engine: Engine, frame: Frame) -> Iterator[AudioChunk]:
+    """The engine's output for a `synthesize` or `edit` frame."""
+    audio = _audio(frame)
+    if frame.header["op"] == "synthesize":
+        return engine.synthesize(SynthesisRequest.from_header(frame.header["request"], audio))
+    edit = getattr(engine, "edit", None)
+    if edit is None:
+        raise EngineInputError("mode", "this model cannot edit audio")
+    if audio is None:
+        raise EngineInputError("audio", "there is no audio to edit")
+    chunks: Iterator[AudioChunk] = edit(EditRequest.from_header(frame.header["request"], audio))
+    return chunks
+
+
+def _serve_request(engine: Engine, frame: Frame, inbox: Inbox, out: BinaryIO) -> None:
+    request_id = frame.header["id"]
     cancelled = False
     try:
-        for chunk in engine.synthesize(request):
+        for chunk in _chunks(engine, frame):
             write_frame_sync(out, Frame({"type": "chunk", "id": request_id}, np.asarray(chunk, "<f4").tobytes()))
             if inbox.cancel_requested(request_id):
                 cancelled = True
                 break
     except EngineInputError as error:
-        write_frame_sync(
-            out,
-            Frame({"type": "error", "id": request_id, "kind": "input", "param": error.param, "message": str(error)}),
-        )
+        message = {"type": "error", "id": request_id, "kind": "input", "param": error.param, "message": str(error)}
+        write_frame_sync(out, Frame(message))
         return
     except Exception as error:  # the engine's failure goes back to the request, the worker stays up
         traceback.print_exc()
-        write_frame_sync(
-            out,
-            Frame({"type": "error", "id": request_id, "kind": "engine", "message": f"{type(error).__name__}: {error}"}),
-        )
+        message = {"type": "error", "id": request_id, "kind": "engine", "message": f"{type(error).__name__}: {error}"}
+        write_frame_sync(out, Frame(message))
         return
     write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": _gpu(engine)}))
 
@@ -126,8 +141,8 @@ def serve(inbox: Inbox, out: BinaryIO) -> int:
     write_frame_sync(out, Frame({"type": "ready", "load_seconds": time.perf_counter() - started, "gpu": _gpu(engine)}))
     while (frame := inbox.next()) is not None:
         op = frame.header.get("op")
-        if op == "synthesize":
-            _synthesize(engine, frame.header, inbox, out)
+        if op in ("synthesize", "edit"):
+            _serve_request(engine, frame, inbox, out)
         elif op == "shutdown":
             break
     return 0

@@ -17,7 +17,7 @@ import structlog
 from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from service.engines.base import AudioChunk, GpuMemory, SynthesisRequest
+from service.engines.base import AudioChunk, AudioClip, EditRequest, GpuMemory, SynthesisRequest
 from service.ipc import Frame, FrameReader, ProtocolError, write_frame
 from service.memory import MemoryUsage, measure
 from service.settings import PROJECT_ROOT
@@ -114,10 +114,10 @@ class WorkerProcess:
         task_group.start_soon(worker._pump)
         return worker
 
-    async def _send(self, header: dict[str, Any]) -> None:
+    async def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         assert self._process.stdin is not None
         async with self._write_lock:
-            await write_frame(self._process.stdin, Frame(header))
+            await write_frame(self._process.stdin, Frame(header, payload))
 
     async def _pump(self) -> None:
         """Route the worker's frames to their requests until it exits; then fail whatever is still waiting."""
@@ -150,14 +150,28 @@ class WorkerProcess:
     async def memory(self) -> MemoryUsage:
         return await measure(self.pid)
 
-    async def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
+    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
         """Audio chunks as the worker produces them."""
+        return self._request("synthesize", request.header(), request.reference)
+
+    def edit(self, request: EditRequest) -> AsyncGenerator[AudioChunk, None]:
+        """The edited clip's chunks as the worker produces them."""
+        return self._request("edit", request.header(), request.audio)
+
+    async def _request(
+        self, op: str, request: dict[str, Any], audio: AudioClip | None
+    ) -> AsyncGenerator[AudioChunk, None]:
         request_id = next(self._ids)
         send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=1024)
         self._pending[request_id] = send
         finished = False
+        header: dict[str, Any] = {"op": op, "id": request_id, "request": request}
+        payload = b""
+        if audio is not None:
+            header["audio_rate"] = audio.sample_rate
+            payload = np.asarray(audio.samples, dtype="<f4").tobytes()
         try:
-            await self._send({"op": "synthesize", "id": request_id, "request": request.to_dict()})
+            await self._send(header, payload)
             async for frame in receive:
                 kind = frame.header["type"]
                 if kind == "chunk":

@@ -95,6 +95,23 @@ def test_a_worker_does_not_outlive_a_server_killed_with_sigkill(start_server: St
     assert wait_gone(worker)
 
 
+def test_engine_libraries_are_loaded_by_workers_only(start_server: StartServer) -> None:
+    server = start_server()
+    status = httpx.post(f"{server.base_url}/api/v1/models/piper-joe/load", timeout=60).json()
+    response = httpx.post(
+        f"{server.base_url}/v1/audio/speech", json={"model": "tts-1", "input": "Only there."}, timeout=60
+    )
+    assert response.status_code == 200
+
+    def mapped_files(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as maps:
+            return maps.read()
+
+    assert "onnxruntime" in mapped_files(status["pid"])
+    server_maps = mapped_files(server.process.pid)
+    assert [name for name in ("onnxruntime", "libtorch", "espeak") if name in server_maps] == []
+
+
 def test_help_lists_the_options() -> None:
     import subprocess
     import sys

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 from anyio.abc import TaskGroup
 
 from service.audio import AudioFormat
+from service.audio_input import AudioDecoder
 from service.catalog import Catalog, ModelSpec
+from service.engines.base import SynthesisRequest
 from service.errors import ApiError
 from service.lazy_loader import LazyLoader, ModelPolicy, UnknownModel
 from service.metrics import Metrics
 from service.settings import Settings
-from service.speech import SpeechRequest, SpeechService, parse_keep_alive
+from service.speech import SpeechPlan, SpeechRequest, SpeechService, parse_keep_alive
+from service.voices import VoiceLibrary
 from service.workers import WorkerProcess
 from tests.support.engines import TONE_ENGINE
+
+pytestmark = pytest.mark.anyio
 
 # ---- keep_alive
 
@@ -108,45 +115,53 @@ def service(max_input_chars: int = 100) -> SpeechService:
     )
     catalog = Catalog.from_settings(Settings(), [tone])
     loader: LazyLoader[WorkerProcess] = LazyLoader({}, _never_launch)
-    return SpeechService(catalog, loader, Metrics(), max_input_chars)
+    voices = VoiceLibrary(Path(tempfile.mkdtemp()), [])
+    decoder = AudioDecoder(24000, max_seconds=30, max_bytes=1 << 20, url_prefixes=())
+    return SpeechService(catalog, loader, Metrics(), voices, decoder, max_input_chars)
 
 
-def test_plan_defaults() -> None:
-    plan = service().plan(SpeechRequest(model="tts-1", input="Hello."))
+def synthesis(plan: SpeechPlan) -> SynthesisRequest:
+    assert isinstance(plan.request, SynthesisRequest)
+    return plan.request
+
+
+async def test_plan_defaults() -> None:
+    plan = await service().plan(SpeechRequest(model="tts-1", input="Hello."))
 
     assert plan.spec.id == "piper-joe"
-    assert plan.synthesis.text == "Hello."
-    assert plan.synthesis.voice == "joe"
-    assert plan.synthesis.speed == 1.0
+    assert synthesis(plan).text == "Hello."
+    assert synthesis(plan).voice == "joe"
+    assert synthesis(plan).speed == 1.0
     assert plan.audio_format is AudioFormat.MP3
     assert plan.output_rate == 22050
     assert plan.keep_alive is None
 
 
-def test_plan_with_every_field() -> None:
+async def test_plan_with_every_field() -> None:
     request = SpeechRequest(
         model="tone", input="Hi", voice="high", response_format="opus", speed=1.5, sample_rate=44100, keep_alive="2m"
     )
 
-    plan = service().plan(request)
+    plan = await service().plan(request)
 
     assert plan.spec.id == "tone"
-    assert plan.synthesis.voice == "high"
-    assert plan.synthesis.speed == 1.5
+    assert synthesis(plan).voice == "high"
+    assert synthesis(plan).speed == 1.5
     assert plan.audio_format is AudioFormat.OPUS
     assert plan.output_rate == 48000
     assert plan.keep_alive == 120.0
 
 
 @pytest.mark.parametrize(("model", "voice"), [("tone", "low"), ("piper-joe", "joe")])
-def test_openai_voice_names_mean_the_default_voice(model: str, voice: str) -> None:
-    plan = service().plan(SpeechRequest(model=model, input="Hi", voice="alloy"))
+async def test_openai_voice_names_mean_the_default_voice(model: str, voice: str) -> None:
+    plan = await service().plan(SpeechRequest(model=model, input="Hi", voice="alloy"))
 
-    assert plan.synthesis.voice == voice
+    assert synthesis(plan).voice == voice
 
 
-def test_pcm_defaults_to_24khz() -> None:
-    assert service().plan(SpeechRequest(model="tone", input="Hi", response_format="pcm")).output_rate == 24000
+async def test_pcm_defaults_to_24khz() -> None:
+    plan = await service().plan(SpeechRequest(model="tone", input="Hi", response_format="pcm"))
+    assert plan.output_rate == 24000
 
 
 @pytest.mark.parametrize(
@@ -160,18 +175,18 @@ def test_pcm_defaults_to_24khz() -> None:
         (SpeechRequest(model="tone", input="Hi", keep_alive="forever"), "keep_alive", "invalid_value"),
     ],
 )
-def test_plan_rejects(request_: SpeechRequest, param: str, code: str) -> None:
+async def test_plan_rejects(request_: SpeechRequest, param: str, code: str) -> None:
     with pytest.raises(ApiError) as raised:
-        service().plan(request_)
+        await service().plan(request_)
 
     assert raised.value.status == 400
     assert (raised.value.param, raised.value.code) == (param, code)
 
 
-def test_plan_accepts_input_at_the_limit() -> None:
-    assert service(max_input_chars=5).plan(SpeechRequest(model="tone", input="x" * 5)).synthesis.text == "xxxxx"
+async def test_plan_accepts_input_at_the_limit() -> None:
+    assert synthesis(await service(max_input_chars=5).plan(SpeechRequest(model="tone", input="x" * 5))).text == "xxxxx"
 
 
-def test_plan_unknown_model() -> None:
+async def test_plan_unknown_model() -> None:
     with pytest.raises(UnknownModel):
-        service().plan(SpeechRequest(model="nope", input="Hi"))
+        await service().plan(SpeechRequest(model="nope", input="Hi"))

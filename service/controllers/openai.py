@@ -1,26 +1,92 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Response, get, post
+from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.openapi.spec import Example
-from litestar.params import Body
+from litestar.params import BodyKwarg, MultipartBody
 from litestar.response import Stream
 
-from service.catalog import OPENAI_MODEL_ALIASES, Catalog
-from service.speech import SpeechRequest, SpeechService
+from service.catalog import Catalog
+from service.errors import ApiError
+from service.speech import SpeechPlan, SpeechRequest, SpeechService
 
-_EXAMPLE = Example(
-    summary="Speak with the embedded voice",
-    value={
-        "model": "tts-1",
-        "input": "Hello from the speech server.",
-        "voice": "alloy",
-        "response_format": "mp3",
-        "keep_alive": "10m",
-    },
-)
+_EXAMPLES = [
+    Example(
+        summary="Speak with the embedded voice",
+        value={
+            "model": "tts-1",
+            "input": "Hello from the speech server.",
+            "voice": "alloy",
+            "response_format": "mp3",
+            "keep_alive": "10m",
+        },
+    ),
+    Example(
+        summary="Clone a library voice and make it happy and faster (Step-Audio-EditX)",
+        value={
+            "model": "step-audio-editx",
+            "input": "What a lovely day.",
+            "voice": "narrator",
+            "instructions": "happy",
+            "speed": 1.3,
+            "response_format": "wav",
+        },
+    ),
+    Example(
+        summary="The fork's step_audio extension: an emotion edit",
+        value={
+            "model": "step-audio-editx",
+            "input": "unused for emotion edits",
+            "response_format": "wav",
+            "step_audio": {
+                "mode": "emotion",
+                "edit_info": "sad",
+                "audio_text": "What the clip says.",
+                "input_audio_base64": "<base64 WAV>",
+                "n_edit_iter": 2,
+            },
+        },
+    ),
+]
+
+
+@dataclass
+class SpeechUpload:
+    """The fork's multipart form: `payload` is the JSON speech request; audio files come beside it."""
+
+    payload: str
+    prompt_audio_file: UploadFile | None = None
+    input_audio_file: UploadFile | None = None
+
+
+@dataclass
+class EditUpload:
+    """An edit of an uploaded clip. `text` is the new transcript with tags (paralinguistic mode only)."""
+
+    audio: UploadFile
+    mode: str
+    transcript: str = ""
+    edit_info: str | None = None
+    text: str | None = None
+    n_edit_iter: int = 1
+    model: str | None = None
+    response_format: str = "wav"
+    keep_alive: str | None = None
+
+
+async def _respond(speech: SpeechService, plan: SpeechPlan, stream_format: str | None) -> Response[bytes] | Stream:
+    if stream_format is None:
+        result = await speech.speak(plan)
+        assert isinstance(result.audio, bytes)
+        return Response(result.audio, media_type=result.media_type, headers=result.headers)
+    result = await speech.stream(plan, sse=stream_format == "sse")
+    assert not isinstance(result.audio, bytes)
+    return Stream(result.audio, media_type=result.media_type, headers=result.headers)
 
 
 class OpenAIController(Controller):
@@ -29,28 +95,72 @@ class OpenAIController(Controller):
 
     @get("/models", operation_id="listModels")
     async def list_models(self, catalog: NamedDependency[Catalog]) -> dict[str, Any]:
-        """Models in OpenAI's list shape; tts-1 and tts-1-hd stand for the default model."""
+        """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
         entries = [
             {"id": spec.id, "object": "model", "created": 0, "owned_by": spec.owned_by}
             for spec in catalog.specs.values()
         ]
         aliases = [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "alias:" + catalog.default_model}
-            for alias in OPENAI_MODEL_ALIASES
+            {"id": alias, "object": "model", "created": 0, "owned_by": "alias:" + target}
+            for alias, target in catalog.aliases.items()
         ]
         return {"object": "list", "data": entries + aliases}
 
-    @post("/audio/speech", operation_id="createSpeech", status_code=200, responses=None)
+    @post("/audio/speech", operation_id="createSpeech", status_code=200)
     async def create_speech(
-        self, speech: NamedDependency[SpeechService], data: Annotated[SpeechRequest, Body(examples=[_EXAMPLE])]
+        self,
+        speech: NamedDependency[SpeechService],
+        data: Annotated[SpeechRequest, BodyKwarg(examples=_EXAMPLES)],
     ) -> Response[bytes] | Stream:
         """Generate audio from text (OpenAI-compatible). Loads the model first if needed; the X-Cold-Start and
-        X-Model-Load-Seconds headers say whether it had to."""
-        plan = speech.plan(data)
-        if data.stream_format is None:
-            result = await speech.speak(plan)
-            assert isinstance(result.audio, bytes)
-            return Response(result.audio, media_type=result.media_type, headers=result.headers)
-        result = await speech.stream(plan, sse=data.stream_format == "sse")
-        assert not isinstance(result.audio, bytes)
-        return Stream(result.audio, media_type=result.media_type, headers=result.headers)
+        X-Model-Load-Seconds headers say whether it had to. Cloning models take a library voice, and turn
+        `instructions` and `speed` into emotion, style and speed edits."""
+        return await _respond(speech, await speech.plan(data), data.stream_format)
+
+    @post("/audio/speech/upload", operation_id="createSpeechUpload", status_code=200)
+    async def create_speech_upload(
+        self, speech: NamedDependency[SpeechService], data: MultipartBody[SpeechUpload]
+    ) -> Response[bytes] | Stream:
+        """The speech request as a multipart form (`payload` JSON plus `prompt_audio_file` / `input_audio_file`),
+        as the fork accepted it."""
+        try:
+            request = msgspec.json.decode(data.payload, type=SpeechRequest)
+        except msgspec.ValidationError as error:
+            raise ApiError(400, f"payload: {error}", param="payload", code="invalid_value") from error
+        except msgspec.DecodeError as error:
+            raise ApiError(400, f"payload is not valid JSON: {error}", param="payload", code="invalid_json") from error
+        uploads = {
+            name: await upload.read()
+            for name, upload in (
+                ("prompt_audio_file", data.prompt_audio_file),
+                ("input_audio_file", data.input_audio_file),
+            )
+            if upload is not None
+        }
+        return await _respond(speech, await speech.plan(request, uploads), request.stream_format)
+
+    @post("/audio/edit", operation_id="editAudio", status_code=200)
+    async def edit_audio(
+        self, speech: NamedDependency[SpeechService], data: MultipartBody[EditUpload]
+    ) -> Response[bytes] | Stream:
+        """Edit an existing clip: emotion, style or speed (with `edit_info`), paralinguistic (with `text`, the
+        transcript with tags such as [Laughter]), denoise or vad; `n_edit_iter` repeats the edit on its own result.
+
+        ```sh
+        curl -F audio=@clip.wav -F transcript='What the clip says.' -F mode=emotion -F edit_info=happy \\
+             localhost:7860/v1/audio/edit -o happy.wav
+        ```
+        """
+        audio = speech.decoder.decode(await data.audio.read(), "audio")
+        plan = await speech.plan_edit(
+            data.model,
+            audio,
+            data.transcript,
+            data.mode,
+            data.edit_info,
+            data.text,
+            data.n_edit_iter,
+            data.response_format,
+            data.keep_alive,
+        )
+        return await _respond(speech, plan, None)

@@ -6,7 +6,11 @@ import importlib
 
 from service.engines.base import EngineFactory
 
-BUILTIN_ENGINES = {"piper": "service.engines.piper:PiperEngine"}
+BUILTIN_ENGINES = {
+    "piper": "service.engines.piper:PiperEngine",
+    "step-audio": "service.engines.step_audio:StepAudioEngine",
+    "transformers": "service.engines.transformers_tts:TransformersEngine",
+}
 
 
 def resolve_engine(name: str) -> EngineFactory:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 AudioChunk = npt.NDArray[np.float32]
+
+TTS_MODE = "tts"
+MAX_EDIT_ITERATIONS = 5
 
 
 class EngineInputError(ValueError):
@@ -22,43 +25,114 @@ class EngineInputError(ValueError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an engine can do, known before it is loaded."""
+    """What an engine can do, known before it is loaded.
+
+    `modes` lists "tts" for plain synthesis and "clone" for voice cloning; `edit_options` maps every edit mode the
+    engine accepts to the `edit_info` values it takes (an empty tuple: the mode takes none).
+    """
 
     sample_rate: int
     voices: tuple[str, ...]
     default_voice: str
     device: str = "cpu"
-    modes: tuple[str, ...] = ("tts",)
+    modes: tuple[str, ...] = (TTS_MODE,)
+    edit_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     supports_speed: bool = True
     supports_instructions: bool = False
-    streaming: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def clones(self) -> bool:
+        return "clone" in self.modes
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Capabilities:
-        return cls(
-            sample_rate=int(data["sample_rate"]),
-            voices=tuple(data["voices"]),
-            default_voice=str(data["default_voice"]),
-            device=str(data.get("device", "cpu")),
-            modes=tuple(data.get("modes", ("tts",))),
-            supports_speed=bool(data.get("supports_speed", True)),
-            supports_instructions=bool(data.get("supports_instructions", False)),
-            streaming=bool(data.get("streaming", True)),
-        )
+
+@dataclass(frozen=True)
+class AudioClip:
+    """Mono float32 samples and their rate, handed to an engine (sent to the worker as the frame payload)."""
+
+    samples: AudioChunk
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class EditStep:
+    mode: str
+    edit_info: str | None = None
 
 
 @dataclass(frozen=True)
 class SynthesisRequest:
+    """Speak `text`. Cloning engines speak it in the voice of `reference` (whose transcript is `reference_text`),
+    then apply `edits` one after another."""
+
     text: str
     voice: str
     speed: float = 1.0
     instructions: str | None = None
+    reference: AudioClip | None = None
+    reference_text: str | None = None
+    edits: tuple[EditStep, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def header(self) -> dict[str, Any]:
+        """The JSON part of the request; `reference` travels as the payload."""
+        return {
+            "text": self.text,
+            "voice": self.voice,
+            "speed": self.speed,
+            "instructions": self.instructions,
+            "reference_text": self.reference_text,
+            "edits": [[step.mode, step.edit_info] for step in self.edits],
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], reference: AudioClip | None) -> SynthesisRequest:
+        return cls(
+            text=header["text"],
+            voice=header["voice"],
+            speed=header["speed"],
+            instructions=header["instructions"],
+            reference=reference,
+            reference_text=header["reference_text"],
+            edits=tuple(EditStep(mode, info) for mode, info in header["edits"]),
+        )
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """Edit an existing clip: `mode` with `edit_info`, repeated `iterations` times on its own output.
+
+    For the paralinguistic mode `text` is the new transcript with its tags; `transcript` is what `audio` says.
+    """
+
+    audio: AudioClip
+    transcript: str
+    mode: str
+    edit_info: str | None = None
+    text: str | None = None
+    iterations: int = 1
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "transcript": self.transcript,
+            "mode": self.mode,
+            "edit_info": self.edit_info,
+            "text": self.text,
+            "iterations": self.iterations,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], audio: AudioClip) -> EditRequest:
+        return cls(
+            audio=audio,
+            transcript=header["transcript"],
+            mode=header["mode"],
+            edit_info=header["edit_info"],
+            text=header["text"],
+            iterations=header["iterations"],
+        )
 
 
 @dataclass(frozen=True)
@@ -67,13 +141,6 @@ class GpuMemory:
 
     allocated_bytes: int = 0
     reserved_bytes: int = 0
-
-
-@dataclass
-class EngineOptions:
-    """Free-form options of one configured model, passed to its engine."""
-
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):
@@ -93,6 +160,12 @@ class Engine(Protocol):
         ...
 
     def gpu_memory(self) -> GpuMemory: ...
+
+
+class EditingEngine(Engine, Protocol):
+    """An engine that can also edit existing audio (its capabilities list the edit modes)."""
+
+    def edit(self, request: EditRequest) -> Iterator[AudioChunk]: ...
 
 
 class EngineFactory(Protocol):

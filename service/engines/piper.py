@@ -52,7 +52,8 @@ class PiperEngine:
             raise RuntimeError("synthesize called before load")
         if request.voice not in self._capabilities.voices:
             raise EngineInputError("voice", f"voice {request.voice!r} is not one of {list(self._capabilities.voices)}")
-        config = SynthesisConfig(speaker_id=self._speaker_ids.get(request.voice), length_scale=1.0 / request.speed)
+        length_scale = self._voice.config.length_scale / request.speed
+        config = SynthesisConfig(speaker_id=self._speaker_ids.get(request.voice), length_scale=length_scale)
         for chunk in self._voice.synthesize(request.text, syn_config=config):
             yield chunk.audio_float_array
 
