@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import litestar_offline_docs
+import structlog
 from anyio.abc import TaskGroup
 from litestar import Litestar
 from litestar.di import Provide
@@ -35,6 +36,8 @@ from service.settings import PROJECT_ROOT, Settings
 from service.speech import SpeechService
 from service.voices import VoiceLibrary
 from service.workers import WorkerProcess
+
+log = structlog.get_logger("service.app")
 
 DOCS_ASSETS = Path(litestar_offline_docs.__file__).parent / "static"
 ENGINE_INPUT_RATE = 24000
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        for model, reason in catalog.unavailable.items():
+            log.warning("model_unavailable", model=model, reason=reason)
         async with anyio.create_task_group() as task_group:
             loader.start(task_group)
             try:

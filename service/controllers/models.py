@@ -27,6 +27,12 @@ class ModelsController(Controller):
         """Every model's state, memory, requests and idle countdown, keyed by model id."""
         return await admin.all_status()
 
+    @get("/unavailable", operation_id="modelsUnavailable")
+    async def unavailable(self, admin: NamedDependency[ModelAdmin]) -> dict[str, str]:
+        """Models that were found but cannot be served (e.g. a Step-Audio-EditX variant with missing folders), with
+        the reason."""
+        return admin.catalog.unavailable
+
     @get("/{model_id:str}/status", operation_id="modelStatus")
     async def model_status(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """One model's status."""
