@@ -34,6 +34,7 @@ class ModelSpec:
     policy: ModelPolicy
     owned_by: str = "local"
     environment: Mapping[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -44,10 +45,11 @@ class ModelSpec:
         policy: ModelPolicy,
         owned_by: str = "local",
         environment: Mapping[str, str] | None = None,
+        aliases: tuple[str, ...] = (),
     ) -> ModelSpec:
         """Describe the engine from its options (cheap: no weights are read)."""
         capabilities = resolve_engine(engine).describe(options)
-        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, dict(environment or {}))
+        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, dict(environment or {}), aliases)
 
     @property
     def edits(self) -> bool:

@@ -24,7 +24,18 @@ from service.lazy_loader import ModelPolicy
 from service.settings import Settings
 from service.voices import Voice, VoiceError, validate_name
 
-_KNOWN_KEYS = {"id", "engine", "options", "idle_timeout", "auto_unload", "pinned", "preload", "owned_by", "environment"}
+_KNOWN_KEYS = {
+    "id",
+    "engine",
+    "options",
+    "idle_timeout",
+    "auto_unload",
+    "pinned",
+    "preload",
+    "owned_by",
+    "environment",
+    "aliases",
+}
 _VOICE_KEYS = {"name", "audio", "transcript", "locale", "gender", "description"}
 
 
@@ -58,12 +69,15 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
         if not isinstance(value, bool):
             raise ModelConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
     policy = ModelPolicy(idle_timeout=float(idle_timeout), **flags)
+    aliases = raw.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(alias, str) and alias for alias in aliases):
+        raise ModelConfigError(f"{where}: 'aliases' must be a list of names")
     environment = raw.get("environment", {})
     if not isinstance(environment, dict) or not all(isinstance(value, str) for value in environment.values()):
         raise ModelConfigError(f"{where}: 'environment' must be a table of strings")
     try:
         return ModelSpec.create(
-            raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")), environment
+            raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")), environment, tuple(aliases)
         )
     except Exception as error:  # an engine that cannot describe itself is a configuration error
         raise ModelConfigError(f"{where}: {type(error).__name__}: {error}") from error

@@ -61,7 +61,13 @@ class Settings:
     )
     models_dir: Path | None = field(
         default=None,
-        metadata={"option": Option("MODELS_DIR", "--models-dir", "folder searched for extra voices (*.onnx + .json)")},
+        metadata={
+            "option": Option(
+                "MODELS_DIR",
+                "--models-dir",
+                "folder searched for Piper voices (*.onnx + .json) and Hugging Face TTS model folders",
+            )
+        },
     )
     models_config: Path | None = field(
         default=None,

@@ -433,6 +433,7 @@ class SpeechService:
     async def speak(self, plan: SpeechPlan) -> SpeechResult:
         """A complete audio file."""
         lease = await self._loader.acquire(plan.spec.id, plan.keep_alive)
+        generation_started = time.perf_counter()
         first_audio: float | None = None
         chunks: list[AudioChunk] = []
         try:
@@ -441,6 +442,7 @@ class SpeechService:
                 chunks.append(chunk)
         finally:
             lease.release()
+        generation_seconds = time.perf_counter() - generation_started
         if not chunks:
             raise _nothing_to_speak()
         audio = np.concatenate(chunks)
@@ -448,7 +450,10 @@ class SpeechService:
             encode_whole, plan.audio_format, audio, plan.spec.capabilities.sample_rate, plan.output_rate
         )
         audio_seconds = len(audio) / plan.spec.capabilities.sample_rate
-        headers = self._headers(plan, lease) | {"X-Audio-Seconds": f"{audio_seconds:.3f}"}
+        headers = self._headers(plan, lease) | {
+            "X-Audio-Seconds": f"{audio_seconds:.3f}",
+            "X-Generation-Seconds": f"{generation_seconds:.3f}",
+        }
         self._finished(plan, lease, audio_seconds, first_audio, streamed=False)
         return SpeechResult(encoded, MEDIA_TYPES[plan.audio_format], headers)
 

@@ -65,13 +65,14 @@ ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
 
 
 @pytest.fixture
-def make_client() -> ClientFactory:
-    """Serve an app built from settings and extra models; the context yields a client for it."""
+def make_client(tmp_path: Path) -> ClientFactory:
+    """Serve an app built from settings (data in a temporary folder by default) and extra models; the context
+    yields a client for it."""
 
     def build(
         settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()
     ) -> AbstractAsyncContextManager[AppClient]:
-        return serve(create_app(settings or Settings(), models))
+        return serve(create_app(settings or Settings(data_dir=tmp_path / "data"), models))
 
     return build
 
@@ -133,7 +134,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service", "--port", str(port), *args],
                 cwd=PROJECT_ROOT,
-                env={**os.environ, "LOG_FORMAT": "json", **(env or {})},
+                env={**os.environ, "LOG_FORMAT": "json", "DATA_DIR": str(tmp_path / "data"), **(env or {})},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

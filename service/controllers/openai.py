@@ -7,6 +7,7 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
 from litestar.openapi.spec import Example
 from litestar.params import BodyKwarg, MultipartBody
 from litestar.response import Stream
@@ -52,6 +53,30 @@ _EXAMPLES = [
             },
         },
     ),
+]
+
+
+_EDIT_EXAMPLES = [
+    Example(
+        summary="Make a clip happier",
+        value={
+            "audio": "(a WAV/FLAC/OGG/MP3 file, up to MAX_AUDIO_SECONDS)",
+            "transcript": "What the clip says.",
+            "mode": "emotion",
+            "edit_info": "happy",
+            "n_edit_iter": 1,
+        },
+    ),
+    Example(
+        summary="Add laughter",
+        value={
+            "audio": "(file)",
+            "transcript": "That was so funny.",
+            "mode": "paralinguistic",
+            "text": "That was so funny [Laughter].",
+        },
+    ),
+    Example(summary="Remove noise", value={"audio": "(file)", "mode": "denoise"}),
 ]
 
 
@@ -141,7 +166,9 @@ class OpenAIController(Controller):
 
     @post("/audio/edit", operation_id="editAudio", status_code=200)
     async def edit_audio(
-        self, speech: NamedDependency[SpeechService], data: MultipartBody[EditUpload]
+        self,
+        speech: NamedDependency[SpeechService],
+        data: Annotated[EditUpload, BodyKwarg(media_type=RequestEncodingType.MULTI_PART, examples=_EDIT_EXAMPLES)],
     ) -> Response[bytes] | Stream:
         """Edit an existing clip: emotion, style or speed (with `edit_info`), paralinguistic (with `text`, the
         transcript with tags such as [Laughter]), denoise or vad; `n_edit_iter` repeats the edit on its own result.
