@@ -73,7 +73,14 @@ class AudioDecoder:
 
     async def fetch(self, url: str, param: str) -> AudioClip:
         """Audio from a URL, only under a prefix the operator allowed (the server never fetches arbitrary URLs)."""
-        if not any(url.startswith(prefix) for prefix in self.url_prefixes):
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as error:
+            raise ApiError(400, f"{param} is not a URL: {error}", param=param, code="invalid_value") from error
+        normalized = str(parsed)
+        segments = parsed.raw_path.decode(errors="replace").split("?")[0].split("/")
+        unsafe = ".." in segments or "." in segments or parsed.userinfo or "%2e" in url.lower()
+        if unsafe or not any(normalized.startswith(str(httpx.URL(prefix))) for prefix in self.url_prefixes):
             raise ApiError(
                 400,
                 f"{param}: fetching audio from URLs is not allowed for this URL; send the audio as "

@@ -55,7 +55,7 @@ def as_api_error(error: Exception) -> ApiError:
     if isinstance(error, ApiError):
         return error
     if isinstance(error, VoiceError):
-        return ApiError(error.status, str(error), param=error.param, code=type(error).__name__)
+        return ApiError(error.status, str(error), param=error.param, code=error.code)
     if isinstance(error, UnknownModel):
         return ApiError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, EngineInputError):

@@ -98,7 +98,7 @@ def _voice(path: Path, index: int, raw: Any) -> Voice:
     unknown = sorted(set(raw) - _VOICE_KEYS)
     if unknown:
         raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_VOICE_KEYS)}")
-    if not all(isinstance(raw.get(key), str) for key in ("name", "audio", "transcript")):
+    if not all(isinstance(raw.get(key), str) and raw[key].strip() for key in ("name", "audio", "transcript")):
         raise ModelConfigError(f"{where}: 'name', 'audio' (a file) and 'transcript' are required strings")
     audio = Path(raw["audio"]) if Path(raw["audio"]).is_absolute() else path.parent / raw["audio"]
     try:
@@ -124,7 +124,12 @@ def load_voice_presets(path: Path) -> list[Voice]:
     entries = _document(path).get("voices", [])
     if not isinstance(entries, list):
         raise ModelConfigError(f"{path}: 'voices' must be an array of tables ([[voices]])")
-    return [_voice(path, index, raw) for index, raw in enumerate(entries)]
+    voices = [_voice(path, index, raw) for index, raw in enumerate(entries)]
+    names = [voice.name for voice in voices]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ModelConfigError(f"{path}: voices named more than once: {', '.join(duplicates)}")
+    return voices
 
 
 def load_model_config(path: Path, settings: Settings) -> list[ModelSpec]:

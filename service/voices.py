@@ -6,6 +6,7 @@ Presets come from the models file and are read-only; uploaded voices live under 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -28,6 +29,7 @@ class VoiceError(Exception):
     """A voice request that cannot be honoured; `status` is the HTTP status it maps to."""
 
     status = 400
+    code = "invalid_voice"
 
     def __init__(self, message: str, param: str = "name") -> None:
         super().__init__(message)
@@ -36,10 +38,12 @@ class VoiceError(Exception):
 
 class UnknownVoice(VoiceError):
     status = 404
+    code = "unknown_voice"
 
 
 class VoiceConflict(VoiceError):
     status = 409
+    code = "voice_conflict"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,16 @@ def validate_name(name: str) -> str:
     return name
 
 
+def wav_bytes(path: Path) -> bytes:
+    """The clip at `path` as WAV (presets may be stored in other formats)."""
+    if path.suffix.lower() == ".wav":
+        return path.read_bytes()
+    clip = read_clip(path)
+    output = io.BytesIO()
+    soundfile.write(output, clip.samples, clip.sample_rate, format="WAV", subtype="PCM_16")
+    return output.getvalue()
+
+
 def read_clip(path: Path) -> AudioClip:
     samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
     return AudioClip(samples.mean(axis=1, dtype=np.float32), int(rate))
@@ -87,12 +101,13 @@ class VoiceLibrary:
     def _load(self, folder: Path) -> Voice | None:
         try:
             meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return Voice(audio_path=folder / "voice.wav", **meta)
+        except (OSError, ValueError, TypeError):
             return None
-        return Voice(audio_path=folder / "voice.wav", **meta)
 
     def all(self) -> list[Voice]:
-        uploaded = [voice for folder in sorted(self._root.glob("[!.]*")) if (voice := self._load(folder)) is not None]
+        folders = [folder for folder in sorted(self._root.glob("[!.]*")) if folder.name not in self._presets]
+        uploaded = [voice for folder in folders if (voice := self._load(folder)) is not None]
         return sorted([*self._presets.values(), *uploaded], key=lambda voice: voice.name)
 
     def names(self) -> list[str]:
@@ -101,7 +116,9 @@ class VoiceLibrary:
     def get(self, name: str) -> Voice:
         if name in self._presets:
             return self._presets[name]
-        voice = self._load(self._folder(name)) if VOICE_NAME.fullmatch(name) else None
+        if not VOICE_NAME.fullmatch(name):
+            raise VoiceError(f"{name!r} is not a voice name (letters, digits, '-' and '_')", "voice")
+        voice = self._load(self._folder(name))
         if voice is None:
             raise UnknownVoice(f"no voice named {name!r}; voices: {', '.join(self.names()) or 'none yet'}", "voice")
         return voice
@@ -144,8 +161,10 @@ class VoiceLibrary:
             meta = voice.public() | {"seconds": voice.seconds}
             (staging / "voice.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             staging.rename(folder)
-        except OSError:
+        except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if folder.exists():
+                raise VoiceConflict(f"a voice named {name!r} was just added by another request") from error
             raise
         return voice
 

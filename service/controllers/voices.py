@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, MultipartBody
 
 from service.speech import SpeechService
-from service.voices import VoiceLibrary
+from service.voices import VoiceLibrary, wav_bytes
 
 
 @dataclass
@@ -59,7 +59,7 @@ class VoicesController(Controller):
     async def voice_audio(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> Response[bytes]:
         """The voice's reference clip as WAV."""
         voice = await anyio.to_thread.run_sync(voices.get, name)
-        return Response(await anyio.Path(voice.audio_path).read_bytes(), media_type="audio/wav")
+        return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
 
     @delete("/{name:str}", operation_id="deleteVoice", status_code=200)
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
