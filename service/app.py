@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     catalog = Catalog.from_settings(settings, [*configured, *extra_models])
 
     async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
-        return await WorkerProcess.start(catalog.get(model).worker_spec(), task_group)
+        spec = replace(catalog.get(model).worker_spec(), generation_timeout=settings.generation_timeout)
+        return await WorkerProcess.start(spec, task_group)
 
     loader: LazyLoader[WorkerProcess] = LazyLoader(
         catalog.policies(),
@@ -79,6 +81,8 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
         max_loaded=settings.max_loaded_models,
         memory_budget_bytes=settings.memory_budget_bytes,
         capacity_wait=settings.capacity_wait,
+        max_queue=settings.max_queue,
+        load_backoff=settings.load_backoff,
     )
     metrics = Metrics()
     metrics.watch(loader)
@@ -87,7 +91,9 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     decoder = AudioDecoder(
         ENGINE_INPUT_RATE, settings.max_audio_seconds, settings.max_upload_bytes, settings.audio_url_prefixes
     )
-    speech = SpeechService(catalog, loader, metrics, voices, decoder, settings.max_input_chars)
+    speech = SpeechService(
+        catalog, loader, metrics, voices, decoder, settings.max_input_chars, settings.request_timeout
+    )
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

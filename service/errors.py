@@ -14,9 +14,9 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from service.engines.base import EngineInputError
-from service.lazy_loader import ModelUnavailable, UnknownModel
+from service.lazy_loader import ModelUnavailable, QueueFull, UnknownModel
 from service.voices import VoiceError
-from service.workers import EngineRequestError, WorkerCrashed
+from service.workers import EngineRequestError, GenerationTimeout, WorkerCrashed
 
 log = structlog.get_logger("service.errors")
 
@@ -52,6 +52,8 @@ class ApiError(Exception):
 
 def as_api_error(error: Exception) -> ApiError:
     """The API's answer to any exception raised while serving a request."""
+    if isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        return as_api_error(error.exceptions[0])
     if isinstance(error, ApiError):
         return error
     if isinstance(error, VoiceError):
@@ -64,6 +66,12 @@ def as_api_error(error: Exception) -> ApiError:
         if error.kind == "input":
             return ApiError(400, str(error), param=error.param, code="invalid_value")
         return ApiError(500, f"the engine failed: {error}", code="engine_error")
+    if isinstance(error, GenerationTimeout):
+        return ApiError(504, str(error), code="generation_timeout")
+    if isinstance(error, QueueFull):
+        return ApiError(
+            429, str(error), code="queue_full", headers={"Retry-After": str(math.ceil(error.retry_after or 1))}
+        )
     if isinstance(error, WorkerCrashed):
         return ApiError(503, str(error), code="worker_crashed", headers={"Retry-After": "1"})
     if isinstance(error, ModelUnavailable):

@@ -60,6 +60,11 @@ class Worker(Protocol):
 
     async def memory(self) -> MemoryUsage: ...
 
+    @property
+    def exit_reason(self) -> str | None:
+        """Why the worker was ended from the server's side (e.g. a watchdog), if it was."""
+        ...
+
 
 W = TypeVar("W", bound=Worker)
 WorkerLauncher = Callable[[str, TaskGroup], Awaitable[W]]
@@ -79,9 +84,19 @@ class ModelUnavailable(RuntimeError):
 
 
 class LoadFailed(ModelUnavailable):
-    def __init__(self, model_id: str, reason: str) -> None:
-        super().__init__(f"model {model_id!r} failed to load: {reason}")
+    def __init__(self, model_id: str, reason: str, retry_after: float | None = None) -> None:
+        suffix = f" (failed repeatedly: next try in {retry_after:.0f} s)" if retry_after else ""
+        super().__init__(f"model {model_id!r} failed to load: {reason}{suffix}")
         self.reason = reason
+        self.retry_after = retry_after
+
+
+class QueueFull(ModelUnavailable):
+    """Too many requests are already waiting for this model."""
+
+    def __init__(self, model_id: str, queued: int, retry_after: float) -> None:
+        super().__init__(f"model {model_id!r} has {queued} requests waiting, the most it queues; try again later")
+        self.retry_after = retry_after
 
 
 class CapacityExhausted(ModelUnavailable):
@@ -136,6 +151,8 @@ class SlotSnapshot:
     seconds_until_unload: float | None
     unloads_by_reason: Mapping[str, int]
     memory: MemoryUsage | None
+    consecutive_failures: int = 0
+    retry_in: float | None = None
 
     @property
     def loaded(self) -> bool:
@@ -170,12 +187,19 @@ class _Slot(Generic[W]):
     last_unload_reason: UnloadReason | None = None
     last_error: str | None = None
     last_memory: MemoryUsage | None = None
+    failures: int = 0
+    retry_not_before: float = 0.0
+    hold_seconds: float = 0.0
     unloads: Counter[str] = field(default_factory=Counter)
     changed: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def idle(self) -> bool:
         return self.admitted == 0 and self.waiting == 0 and self.drains == 0
+
+    @property
+    def queued(self) -> int:
+        return self.waiting + self.admitted - self.running
 
     def memory_estimate(self) -> int:
         if self.last_memory is None:
@@ -187,7 +211,13 @@ class Lease(Generic[W]):
     """A request's hold on a loaded model: while any lease is held, nothing unloads it."""
 
     def __init__(
-        self, loader: LazyLoader[W], slot: _Slot[W], worker: W, load_seconds: float | None, queued_seconds: float
+        self,
+        loader: LazyLoader[W],
+        slot: _Slot[W],
+        worker: W,
+        load_seconds: float | None,
+        queued_seconds: float,
+        started: float,
     ) -> None:
         self._loader = loader
         self._slot = slot
@@ -195,6 +225,7 @@ class Lease(Generic[W]):
         self.model = slot.model
         self.load_seconds = load_seconds
         self.queued_seconds = queued_seconds
+        self.started = started
         self._released = False
 
     @property
@@ -205,7 +236,7 @@ class Lease(Generic[W]):
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._loader._release(self._slot)
+            self._loader._release(self._slot, anyio.current_time() - self.started)
 
 
 class LazyLoader(Generic[W]):
@@ -217,6 +248,9 @@ class LazyLoader(Generic[W]):
         max_loaded: int = 3,
         memory_budget_bytes: int = 0,
         capacity_wait: float = 30.0,
+        max_queue: int = 512,
+        load_backoff: float = 1.0,
+        max_load_backoff: float = 60.0,
         concurrency: Mapping[str, int] | None = None,
     ) -> None:
         self._slots: dict[str, _Slot[W]] = {
@@ -227,6 +261,9 @@ class LazyLoader(Generic[W]):
         self._max_loaded = max_loaded
         self._memory_budget = memory_budget_bytes
         self._capacity_wait = capacity_wait
+        self._max_queue = max_queue
+        self._load_backoff = load_backoff
+        self._max_load_backoff = max_load_backoff
         self._task_group: TaskGroup | None = None
         self._changed = anyio.Event()
         self._closing = False
@@ -281,6 +318,8 @@ class LazyLoader(Generic[W]):
         slot = self._slot(model)
         if self._closing:
             raise ShuttingDown
+        if slot.queued >= self._max_queue:
+            raise QueueFull(model, slot.queued, max(1.0, slot.hold_seconds * slot.queued))
         if keep_alive is not None:
             slot.keep_alive = keep_alive
         arrived = anyio.current_time()
@@ -288,27 +327,11 @@ class LazyLoader(Generic[W]):
         slot.waiting += 1
         self._notify(slot)
         try:
-            while True:
+            while (worker := await self._take_turn(slot)) is None:
                 if self._closing:
                     raise ShuttingDown
-                if slot.state is SlotState.LOADED and slot.drains == 0:
-                    worker = slot.worker
-                    assert worker is not None
-                    slot.waiting -= 1
-                    slot.admitted += 1
-                    try:
-                        await slot.turns.acquire()
-                    except BaseException:
-                        self._leave(slot)
-                        raise
-                    if slot.worker is worker:
-                        break
-                    slot.turns.release()
-                    self._leave(slot)
-                    slot.waiting += 1
-                    continue
                 if slot.state in (SlotState.UNLOADED, SlotState.FAILED) and slot.drains == 0:
-                    self._start_load(slot)
+                    self._start_load_unless_backing_off(slot)
                 if slot.state is SlotState.LOADING and slot.attempt is not None:
                     attempt = slot.attempt
                     await attempt.done.wait()
@@ -324,7 +347,35 @@ class LazyLoader(Generic[W]):
         slot.running += 1
         slot.last_used = time.time()
         self._notify(slot)
-        return Lease(self, slot, worker, load_seconds, anyio.current_time() - arrived)
+        return Lease(self, slot, worker, load_seconds, anyio.current_time() - arrived, anyio.current_time())
+
+    async def _take_turn(self, slot: _Slot[W]) -> W | None:
+        """If the slot is loaded and not draining: admit the request, wait for its turn and return the worker.
+        None when the slot is not ready, or its worker changed while the request waited."""
+        if self._closing or slot.state is not SlotState.LOADED or slot.drains:
+            return None
+        worker = slot.worker
+        assert worker is not None
+        slot.waiting -= 1
+        slot.admitted += 1
+        try:
+            await slot.turns.acquire()
+        except BaseException:
+            slot.waiting += 1
+            self._leave(slot)
+            raise
+        if slot.worker is worker:
+            return worker
+        slot.turns.release()
+        slot.waiting += 1
+        self._leave(slot)
+        return None
+
+    def _start_load_unless_backing_off(self, slot: _Slot[W]) -> None:
+        backoff = slot.retry_not_before - anyio.current_time()
+        if slot.state is SlotState.FAILED and backoff > 0:
+            raise LoadFailed(slot.model, slot.last_error or "unknown", retry_after=backoff)
+        self._start_load(slot)
 
     def _leave(self, slot: _Slot[W]) -> None:
         slot.admitted -= 1
@@ -332,7 +383,8 @@ class LazyLoader(Generic[W]):
             slot.idle_since = anyio.current_time()
         self._notify(slot)
 
-    def _release(self, slot: _Slot[W]) -> None:
+    def _release(self, slot: _Slot[W], held: float) -> None:
+        slot.hold_seconds = held if slot.hold_seconds == 0 else 0.8 * slot.hold_seconds + 0.2 * held
         slot.running -= 1
         slot.turns.release()
         slot.last_used = time.time()
@@ -397,6 +449,10 @@ class LazyLoader(Generic[W]):
         except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
             slot.state = SlotState.FAILED
             slot.last_error = str(error) or type(error).__name__
+            slot.failures += 1
+            if slot.failures >= 2:
+                backoff = min(self._max_load_backoff, self._load_backoff * 2 ** (slot.failures - 2))
+                slot.retry_not_before = anyio.current_time() + backoff
             self._finish_attempt(
                 slot,
                 attempt,
@@ -414,6 +470,7 @@ class LazyLoader(Generic[W]):
         slot.loads_total += 1
         slot.last_load_seconds = attempt.seconds
         slot.last_error = None
+        slot.failures = 0
         slot.idle_since = anyio.current_time()
         slot.last_used = time.time()
         slot.last_memory = await worker.memory()
@@ -485,13 +542,16 @@ class LazyLoader(Generic[W]):
             slot.state = SlotState.UNLOADED
             slot.keep_alive = None
             slot.last_unload_reason = UnloadReason.CRASH
-            slot.last_error = f"worker (pid {worker.pid}) exited unexpectedly with code {code}"
+            cause = worker.exit_reason or f"exited unexpectedly with code {code}"
+            slot.last_error = f"worker (pid {worker.pid}) {cause}"
             slot.unloads[UnloadReason.CRASH] += 1
             self._record(
                 "worker_exited_unexpectedly",
                 slot,
                 pid=worker.pid,
                 exit_code=code,
+                cause=cause,
+                watchdog=worker.exit_reason is not None,
                 requests_affected=slot.running,
                 level="warning",
             )
@@ -631,7 +691,7 @@ class LazyLoader(Generic[W]):
             keep_alive=slot.keep_alive,
             pid=slot.worker.pid if slot.worker is not None else None,
             in_flight=slot.running,
-            queued=slot.waiting + slot.admitted - slot.running,
+            queued=slot.queued,
             loads_total=slot.loads_total,
             last_load_seconds=slot.last_load_seconds,
             last_unload_reason=slot.last_unload_reason,
@@ -640,6 +700,8 @@ class LazyLoader(Generic[W]):
             seconds_until_unload=max(0.0, deadline[0] - now) if deadline is not None else None,
             unloads_by_reason=dict(slot.unloads),
             memory=memory,
+            consecutive_failures=slot.failures,
+            retry_in=max(0.0, slot.retry_not_before - now) if slot.state is SlotState.FAILED else None,
         )
 
     async def snapshot(self, model: str) -> SlotSnapshot:

@@ -48,6 +48,9 @@ class Metrics:
         self.unloads = Counter(
             "tts_model_unloads", "Model unloads by reason", ["model", "reason"], registry=self.registry
         )
+        self.watchdog_kills = Counter(
+            "tts_watchdog_kills", "Workers killed for generating past the limit", ["model"], registry=self.registry
+        )
         self.requests = Counter("tts_requests", "Finished speech requests", ["model", "cold"], registry=self.registry)
         self.latency = Histogram(
             "tts_request_seconds",
@@ -89,6 +92,8 @@ class Metrics:
             self.unloads.labels(model, str(event["reason"])).inc()
         elif name == "worker_exited_unexpectedly":
             self.unloads.labels(model, "crash").inc()
+            if event.get("watchdog"):
+                self.watchdog_kills.labels(model).inc()
 
     def request_finished(
         self, model: str, cold: bool, seconds: float, audio_seconds: float, time_to_first_audio: float | None

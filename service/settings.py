@@ -155,6 +155,61 @@ class Settings:
             )
         },
     )
+    max_queue: int = field(
+        default=512,
+        metadata={"option": Option("MAX_QUEUE", "--max-queue", "requests that may wait per model before 429")},
+    )
+    request_timeout: float = field(
+        default=600.0,
+        metadata={
+            "option": Option(
+                "REQUEST_TIMEOUT", "--request-timeout", "seconds a request may wait for its model and turn before 504"
+            )
+        },
+    )
+    generation_timeout: float = field(
+        default=600.0,
+        metadata={
+            "option": Option(
+                "GENERATION_TIMEOUT",
+                "--generation-timeout",
+                "seconds one generation may take before the watchdog kills its worker",
+            )
+        },
+    )
+    load_backoff: float = field(
+        default=1.0,
+        metadata={
+            "option": Option(
+                "LOAD_BACKOFF", "--load-backoff", "seconds before retrying a model that failed twice (doubles, max 60)"
+            )
+        },
+    )
+    api_keys: tuple[str, ...] = field(
+        default=(),
+        repr=False,
+        metadata={
+            "option": Option("API_KEY", "--api-key", "comma-separated API key(s); when set, all but health need one")
+        },
+    )
+    api_keys_file: Path | None = field(
+        default=None,
+        metadata={"option": Option("API_KEYS_FILE", "--api-keys-file", "file with one API key per line")},
+    )
+    allow_unauthenticated: bool = field(
+        default=False,
+        metadata={
+            "option": Option(
+                "ALLOW_UNAUTHENTICATED",
+                "--allow-unauthenticated",
+                "allow binding beyond localhost without an API key (true/false)",
+            )
+        },
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={"option": Option("CORS_ORIGINS", "--cors-origins", "comma-separated origins allowed by CORS")},
+    )
     max_input_chars: int = field(
         default=4096,
         metadata={"option": Option("MAX_INPUT_CHARS", "--max-input-chars", "longest accepted speech input")},
@@ -180,6 +235,8 @@ class Settings:
             raise SettingError("port", f"must be 1-65535, got {self.port}")
         if self.max_loaded_models < 1:
             raise SettingError("max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
+        if self.max_queue < 1:
+            raise SettingError("max_queue", f"must be at least 1, got {self.max_queue}")
         if self.step_audio_variant not in {"base", "bnb", "awq"}:
             raise SettingError("step_audio_variant", f"must be base, bnb or awq, got {self.step_audio_variant!r}")
         if self.log_format not in {"auto", "json", "console"}:
@@ -204,6 +261,14 @@ def _convert(name: str, raw: str) -> object:
         "max_audio_seconds": float,
         "max_upload_bytes": int,
         "audio_url_prefixes": _split_ids,
+        "max_queue": int,
+        "request_timeout": float,
+        "generation_timeout": float,
+        "load_backoff": float,
+        "api_keys": _split_ids,
+        "api_keys_file": Path,
+        "allow_unauthenticated": _parse_bool,
+        "cors_origins": _split_ids,
         "preload": _split_ids,
         "pinned": _split_ids,
     }
@@ -227,6 +292,29 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{option.help} [{option.env}] (default: {settings_field.default!r})",
         )
     return parser
+
+
+def _loopback(host: str) -> bool:
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+def api_keys(settings: Settings) -> tuple[str, ...]:
+    """Every configured key: from API_KEY and from the keys file (one per line, # comments)."""
+    keys = list(settings.api_keys)
+    if settings.api_keys_file is not None:
+        lines = settings.api_keys_file.read_text(encoding="utf-8").splitlines()
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return tuple(keys)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve beyond this machine without a key unless explicitly allowed."""
+    if not _loopback(settings.host) and not api_keys(settings) and not settings.allow_unauthenticated:
+        raise SettingError(
+            "host",
+            f"is {settings.host!r} but no API key is set: anyone who can reach the port could use the GPU. Set "
+            "API_KEY (or API_KEYS_FILE), or pass --allow-unauthenticated true to do it anyway",
+        )
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -182,6 +182,7 @@ class SpeechService:
         voices: VoiceLibrary,
         decoder: AudioDecoder,
         max_input_chars: int,
+        request_timeout: float = 600.0,
     ) -> None:
         self._catalog = catalog
         self._loader = loader
@@ -189,6 +190,7 @@ class SpeechService:
         self._voices = voices
         self.decoder = decoder
         self._max_input_chars = max_input_chars
+        self._request_timeout = request_timeout
 
     def _check_text(self, text: str, param: str) -> None:
         if not text.strip():
@@ -416,6 +418,19 @@ class SpeechService:
         )
         return spec, extension.mode, edit, notes
 
+    async def _acquire(self, plan: SpeechPlan) -> Lease[WorkerProcess]:
+        """A lease on the plan's model, waiting at most the request timeout for its load and turn."""
+        try:
+            with anyio.fail_after(self._request_timeout):
+                return await self._loader.acquire(plan.spec.id, plan.keep_alive)
+        except TimeoutError as error:
+            raise ApiError(
+                504,
+                f"waited {self._request_timeout:g} s for model {plan.spec.id!r} to load and be free; try again later",
+                code="timeout",
+                headers={"Retry-After": "5"},
+            ) from error
+
     def _headers(self, plan: SpeechPlan, lease: Lease[WorkerProcess]) -> dict[str, str]:
         voice = plan.request.voice if isinstance(plan.request, SynthesisRequest) else ""
         edits = plan.request.edits if isinstance(plan.request, SynthesisRequest) else ()
@@ -432,7 +447,7 @@ class SpeechService:
 
     async def speak(self, plan: SpeechPlan) -> SpeechResult:
         """A complete audio file."""
-        lease = await self._loader.acquire(plan.spec.id, plan.keep_alive)
+        lease = await self._acquire(plan)
         generation_started = time.perf_counter()
         first_audio: float | None = None
         chunks: list[AudioChunk] = []
@@ -460,7 +475,7 @@ class SpeechService:
     async def stream(self, plan: SpeechPlan, *, sse: bool = False) -> SpeechResult:
         """Encoded audio chunks as the engine produces them; errors before the first chunk still reach the client
         as a proper error response."""
-        lease = await self._loader.acquire(plan.spec.id, plan.keep_alive)
+        lease = await self._acquire(plan)
         chunks = _chunks(lease.worker, plan.request)
         try:
             first = await anext(chunks, None)

@@ -38,6 +38,8 @@ def model_status(snapshot: SlotSnapshot, spec: ModelSpec, gpu_allocated: int, gp
         "last_unload_reason": snapshot.last_unload_reason.value if snapshot.last_unload_reason else None,
         "last_error": snapshot.last_error,
         "pinned": snapshot.policy.pinned,
+        "consecutive_failures": snapshot.consecutive_failures,
+        "retry_in": None if snapshot.retry_in is None else round(snapshot.retry_in, 3),
         "preload": snapshot.policy.preload,
         "default_idle_timeout": snapshot.policy.idle_timeout,
         "keep_alive": snapshot.keep_alive,

@@ -37,6 +37,10 @@ class WorkerCrashed(RuntimeError):
     """The worker process ended while serving a request."""
 
 
+class GenerationTimeout(WorkerCrashed):
+    """The watchdog killed a worker that was busy past the generation limit."""
+
+
 class EngineRequestError(Exception):
     """The engine refused or failed one request; the worker is still healthy."""
 
@@ -54,6 +58,7 @@ class WorkerSpec:
     engine: str
     options: Mapping[str, Any]
     environment: Mapping[str, str] | None = None
+    generation_timeout: float | None = None
 
 
 def _worker_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -76,6 +81,7 @@ class WorkerProcess:
         self._write_lock = anyio.Lock()
         self._exited = anyio.Event()
         self.returncode: int | None = None
+        self.exit_reason: str | None = None
         self.load_seconds = 0.0
         self.gpu_memory = GpuMemory()
 
@@ -170,9 +176,10 @@ class WorkerProcess:
         if audio is not None:
             header["audio_rate"] = audio.sample_rate
             payload = np.asarray(audio.samples, dtype="<f4").tobytes()
+        deadline = None if self.spec.generation_timeout is None else anyio.current_time() + self.spec.generation_timeout
         try:
             await self._send(header, payload)
-            async for frame in receive:
+            while (frame := await self._next_frame(receive, deadline)) is not None:
                 kind = frame.header["type"]
                 if kind == "chunk":
                     yield np.frombuffer(frame.payload, dtype="<f4")
@@ -189,6 +196,33 @@ class WorkerProcess:
             self._pending.pop(request_id, None)
             send.close()
             receive.close()
+
+    async def _next_frame(self, receive: MemoryObjectReceiveStream[Frame], deadline: float | None) -> Frame | None:
+        """The request's next frame; None once the worker has gone. Past the deadline the worker is killed."""
+        try:
+            return receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return None
+        with anyio.move_on_after(None if deadline is None else deadline - anyio.current_time()):
+            try:
+                return await receive.receive()
+            except anyio.EndOfStream:
+                return None
+        self.exit_reason = f"killed by the generation watchdog after {self.spec.generation_timeout:g} s"
+        log.warning(
+            "generation_watchdog_fired",
+            model=self.spec.model_id,
+            pid=self.pid,
+            limit_seconds=self.spec.generation_timeout,
+        )
+        self._process.kill()
+        await self.wait()
+        raise GenerationTimeout(
+            f"model {self.spec.model_id!r} took longer than {self.spec.generation_timeout:g} s; "
+            "its worker was stopped and the next request starts a new one"
+        )
 
     async def _cancel(self, request_id: int, receive: MemoryObjectReceiveStream[Frame]) -> None:
         """Tell the worker to stop this request and wait for its last frame, so the next request starts clean."""

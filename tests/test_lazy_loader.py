@@ -16,6 +16,7 @@ from service.lazy_loader import (
     LazyLoader,
     LoadFailed,
     ModelPolicy,
+    QueueFull,
     ShuttingDown,
     SlotState,
     UnknownModel,
@@ -35,6 +36,7 @@ class FakeWorker:
         self._exited = anyio.Event()
         self.code: int | None = None
         self.rss_bytes = rss_bytes
+        self.exit_reason: str | None = None
 
     @property
     def pid(self) -> int:
@@ -414,3 +416,57 @@ async def test_lifecycle_events_are_recorded_for_listeners() -> None:
         await loader.unload("a")
     assert seen[:3] == ["model_load_started", "model_loaded", "model_unloaded"]
     assert [event["event"] for event in loader.events][:3] == seen[:3]
+
+
+async def test_past_the_queue_bound_requests_are_refused_with_retry_after() -> None:
+    async with running(LazyLoader(policies("a"), FakeLauncher(), max_queue=2)) as loader:
+        lease = await loader.acquire("a")
+        async with anyio.create_task_group() as group:
+            for _ in range(2):
+                group.start_soon(loader.acquire, "a")
+            await until(lambda: loader.snapshots_now()[0].queued == 2)
+            with pytest.raises(QueueFull) as refused:
+                await loader.acquire("a")
+            assert refused.value.retry_after is not None
+            assert refused.value.retry_after >= 1
+            group.cancel_scope.cancel()
+        lease.release()
+        assert loader.snapshots_now()[0].queued == 0
+
+
+async def test_repeated_load_failures_back_off_instead_of_looping() -> None:
+    launcher = FakeLauncher()
+    launcher.failure = "out of memory"
+    async with running(LazyLoader(policies("a"), launcher, load_backoff=0.3)) as loader:
+        for _ in range(2):
+            with pytest.raises(LoadFailed):
+                await loader.acquire("a")
+        assert launcher.launches["a"] == 2
+        with pytest.raises(LoadFailed, match="next try in") as backing_off:
+            await loader.acquire("a")
+        assert backing_off.value.retry_after is not None
+        assert 0 < backing_off.value.retry_after <= 0.3
+        assert launcher.launches["a"] == 2
+        snapshot = await loader.snapshot("a")
+        assert snapshot.consecutive_failures == 2
+        assert snapshot.retry_in is not None
+        launcher.failure = None
+        await until(lambda: loader.snapshots_now()[0].retry_in == 0)
+        (await loader.acquire("a")).release()
+        assert launcher.launches["a"] == 3
+        assert (await loader.snapshot("a")).consecutive_failures == 0
+
+
+async def test_a_worker_ended_by_the_watchdog_names_the_cause() -> None:
+    launcher = FakeLauncher()
+    async with running(LazyLoader(policies("a"), launcher)) as loader:
+        (await loader.acquire("a")).release()
+        launcher.workers[0].exit_reason = "killed by the generation watchdog after 5 s"
+        launcher.workers[0].exit(-9)
+        await until(lambda: loader.state("a") is SlotState.UNLOADED)
+        snapshot = await loader.snapshot("a")
+        assert snapshot.last_error is not None
+        assert "generation watchdog" in snapshot.last_error
+        assert [event["watchdog"] for event in loader.events if event["event"] == "worker_exited_unexpectedly"] == [
+            True
+        ]

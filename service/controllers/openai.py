@@ -3,8 +3,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
 import msgspec
-from litestar import Controller, Response, get, post
+import structlog
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
@@ -14,7 +16,12 @@ from litestar.response import Stream
 
 from service.catalog import Catalog
 from service.errors import ApiError
-from service.speech import SpeechPlan, SpeechRequest, SpeechService
+from service.speech import SpeechPlan, SpeechRequest, SpeechResult, SpeechService
+
+log = structlog.get_logger("service.controllers.openai")
+
+# the status nginx made common for a client that went away before the answer
+CLIENT_CLOSED_REQUEST = 499
 
 _EXAMPLES = [
     Example(
@@ -104,13 +111,34 @@ class EditUpload:
     keep_alive: str | None = None
 
 
-async def _respond(speech: SpeechService, plan: SpeechPlan, stream_format: str | None) -> Response[bytes] | Stream:
-    if stream_format is None:
-        result = await speech.speak(plan)
-        assert isinstance(result.audio, bytes)
+async def _cancel_when_client_leaves(request: Request[Any, Any, Any], scope: anyio.CancelScope) -> None:
+    """Cancel the request's work if its client disconnects before the response starts (e.g. while queued)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    log.info("client_disconnected", path=request.url.path)
+    scope.cancel()
+
+
+async def _respond(
+    request: Request[Any, Any, Any], speech: SpeechService, plan: SpeechPlan, stream_format: str | None
+) -> Response[bytes] | Stream:
+    result: SpeechResult | Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cancel_when_client_leaves, request, group.cancel_scope)
+        try:
+            if stream_format is None:
+                result = await speech.speak(plan)
+            else:
+                result = await speech.stream(plan, sse=stream_format == "sse")
+        except Exception as error:  # raised after the group, so it is not wrapped in an exception group
+            result = error
+        group.cancel_scope.cancel()
+    if isinstance(result, Exception):
+        raise result
+    if result is None:
+        return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
+    if isinstance(result.audio, bytes):
         return Response(result.audio, media_type=result.media_type, headers=result.headers)
-    result = await speech.stream(plan, sse=stream_format == "sse")
-    assert not isinstance(result.audio, bytes)
     return Stream(result.audio, media_type=result.media_type, headers=result.headers)
 
 
@@ -134,22 +162,26 @@ class OpenAIController(Controller):
     @post("/audio/speech", operation_id="createSpeech", status_code=200)
     async def create_speech(
         self,
+        request: Request[Any, Any, Any],
         speech: NamedDependency[SpeechService],
         data: Annotated[SpeechRequest, BodyKwarg(examples=_EXAMPLES)],
     ) -> Response[bytes] | Stream:
         """Generate audio from text (OpenAI-compatible). Loads the model first if needed; the X-Cold-Start and
         X-Model-Load-Seconds headers say whether it had to. Cloning models take a library voice, and turn
         `instructions` and `speed` into emotion, style and speed edits."""
-        return await _respond(speech, await speech.plan(data), data.stream_format)
+        return await _respond(request, speech, await speech.plan(data), data.stream_format)
 
     @post("/audio/speech/upload", operation_id="createSpeechUpload", status_code=200)
     async def create_speech_upload(
-        self, speech: NamedDependency[SpeechService], data: MultipartBody[SpeechUpload]
+        self,
+        request: Request[Any, Any, Any],
+        speech: NamedDependency[SpeechService],
+        data: MultipartBody[SpeechUpload],
     ) -> Response[bytes] | Stream:
         """The speech request as a multipart form (`payload` JSON plus `prompt_audio_file` / `input_audio_file`),
         as the fork accepted it."""
         try:
-            request = msgspec.json.decode(data.payload, type=SpeechRequest)
+            speech_request = msgspec.json.decode(data.payload, type=SpeechRequest)
         except msgspec.ValidationError as error:
             raise ApiError(400, f"payload: {error}", param="payload", code="invalid_value") from error
         except msgspec.DecodeError as error:
@@ -162,11 +194,12 @@ class OpenAIController(Controller):
             )
             if upload is not None
         }
-        return await _respond(speech, await speech.plan(request, uploads), request.stream_format)
+        return await _respond(request, speech, await speech.plan(speech_request, uploads), speech_request.stream_format)
 
     @post("/audio/edit", operation_id="editAudio", status_code=200)
     async def edit_audio(
         self,
+        request: Request[Any, Any, Any],
         speech: NamedDependency[SpeechService],
         data: Annotated[EditUpload, BodyKwarg(media_type=RequestEncodingType.MULTI_PART, examples=_EDIT_EXAMPLES)],
     ) -> Response[bytes] | Stream:
@@ -190,4 +223,4 @@ class OpenAIController(Controller):
             data.response_format,
             data.keep_alive,
         )
-        return await _respond(speech, plan, None)
+        return await _respond(request, speech, plan, None)

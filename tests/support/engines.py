@@ -17,7 +17,7 @@ TONE_ENGINE = "tests.support.engines:ToneEngine"
 
 class ToneEngine:
     """Options: sample_rate, load_seconds, chunk_seconds (sleep per chunk), chunks, fail_load (message),
-    loads_file (a line is appended per load), voices."""
+    loads_file (a line is appended per load), requests_file (a line per request: its text), voices."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self._options = dict(options)
@@ -42,6 +42,9 @@ class ToneEngine:
             raise RuntimeError(str(self._options["fail_load"]))
 
     def synthesize(self, request: SynthesisRequest) -> Iterator[AudioChunk]:
+        if self._options.get("requests_file"):
+            with Path(self._options["requests_file"]).open("a") as requests:
+                requests.write(f"{request.text}\n")
         if request.text == "engine-error":
             raise ValueError("the tone engine was asked to fail")
         if request.text == "bad-input":
