@@ -3,10 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench clean help
+.PHONY: run test lint lint-tools typecheck pytest bench clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,19 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.runtime  ## install and start the service on port 7860 with the embedded voice
 	$(BIN)/python -m service --port $${PORT:-7860}
 
-lint: $(VENV)/.test  ## ruff
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+lint-tools: $(VENV)/.test  ## shellcheck and hadolint for the deployment files (idempotent)
+	bash scripts/install_lint_tools.sh $(VENV)
+
+lint: lint-tools  ## ruff; shellcheck and hadolint on the deployment files
+	$(BIN)/ruff check service tests bench scripts
+	$(BIN)/ruff format --check service tests bench scripts
+	PATH="$(CURDIR)/$(BIN):$$PATH" shellcheck start_unified_container.sh scripts/install_lint_tools.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" hadolint Dockerfile
 
 typecheck: $(VENV)/.test  ## mypy --strict
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test  ## the test suite alone
+pytest: $(VENV)/.test lint-tools  ## the test suite alone
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## install test dependencies, then lint, type-check and run every test
