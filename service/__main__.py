@@ -11,7 +11,7 @@ import uvicorn
 
 from service.app import create_app
 from service.log_setup import configure_logging
-from service.settings import load_settings
+from service.settings import api_keys, check_exposure, is_loopback, load_settings
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
@@ -26,6 +26,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_format, settings.log_level)
     log = structlog.get_logger("service")
+    try:
+        check_exposure(settings)
+        keys = api_keys(settings)
+    except (ValueError, OSError) as error:
+        log.error("configuration_invalid", error=str(error))
+        return 2
+    if not keys:
+        log.warning(
+            "no_api_key",
+            host=settings.host,
+            note="listening on the loopback address only; set API_KEY to serve other machines"
+            if is_loopback(settings.host)
+            else "--allow-unauthenticated was given: anyone who can reach the port can use it",
+        )
     try:
         app = create_app(settings)
     except (ValueError, LookupError) as error:
@@ -43,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     # that was installed before it: make that one a clean exit, so a graceful stop ends with status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_cleanly)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
+    )
     return 0
 
 

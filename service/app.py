@@ -12,6 +12,7 @@ import litestar_offline_docs
 import structlog
 from anyio.abc import TaskGroup
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
@@ -20,9 +21,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from service import __version__
+from service.access import KeyRing, access_middleware
 from service.audio_input import AudioDecoder
 from service.catalog import Catalog, ModelSpec
 from service.controllers.health import HealthController
+from service.controllers.login import LoginController
 from service.controllers.metrics import MetricsController
 from service.controllers.models import ModelsController
 from service.controllers.openai import OpenAIController
@@ -33,7 +36,7 @@ from service.lazy_loader import LazyLoader
 from service.metrics import Metrics
 from service.model_admin import ModelAdmin
 from service.model_config import load_model_config, load_voice_presets
-from service.settings import PROJECT_ROOT, Settings
+from service.settings import PROJECT_ROOT, Settings, api_keys
 from service.speech import SpeechService
 from service.voices import VoiceLibrary
 from service.workers import WorkerProcess
@@ -88,6 +91,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     metrics.watch(loader)
     admin = ModelAdmin(catalog, loader)
     voices = VoiceLibrary(settings.data_dir, presets)
+    keys = KeyRing(api_keys(settings))
     decoder = AudioDecoder(
         ENGINE_INPUT_RATE, settings.max_audio_seconds, settings.max_upload_bytes, settings.audio_url_prefixes
     )
@@ -119,6 +123,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             OpenAIController,
             VoicesController,
             MetricsController,
+            LoginController,
             create_static_files_router(
                 path="/static/docs", directories=[DOCS_ASSETS], name="docs-assets", include_in_schema=False
             ),
@@ -132,7 +137,10 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             "speech": provide(speech),
             "metrics": provide(metrics),
             "voices": provide(voices),
+            "keys": provide(keys),
         },
+        middleware=[access_middleware(keys)],
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=_openapi_config(),
         template_config=TemplateConfig(directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine),

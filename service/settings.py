@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     return host in {"localhost", "::1"} or host.startswith("127.")
 
 
@@ -309,7 +309,7 @@ def api_keys(settings: Settings) -> tuple[str, ...]:
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to serve beyond this machine without a key unless explicitly allowed."""
-    if not _loopback(settings.host) and not api_keys(settings) and not settings.allow_unauthenticated:
+    if not is_loopback(settings.host) and not api_keys(settings) and not settings.allow_unauthenticated:
         raise SettingError(
             "host",
             f"is {settings.host!r} but no API key is set: anyone who can reach the port could use the GPU. Set "
