@@ -43,14 +43,20 @@ class ModelConfigError(ValueError):
     """An invalid models file, naming the file, the entry and the reason."""
 
 
-def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
-    where = f"{path}: models[{index}]"
+def _table(path: Path, section: str, index: int, raw: Any, name_key: str, known: set[str]) -> str:
+    """Where an entry stands, for messages; checks that it is a table with known keys only."""
+    where = f"{path}: {section}[{index}]"
     if not isinstance(raw, dict):
         raise ModelConfigError(f"{where}: expected a table")
-    where = f"{where} ({raw.get('id', 'no id')!s})"
-    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    where = f"{where} ({raw.get(name_key, f'no {name_key}')!s})"
+    unknown = sorted(set(raw) - known)
     if unknown:
-        raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_KNOWN_KEYS)}")
+        raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return where
+
+
+def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
+    where = _table(path, "models", index, raw, "id", _KNOWN_KEYS)
     if not isinstance(raw.get("id"), str) or not raw["id"] or "/" in raw["id"]:
         raise ModelConfigError(f"{where}: 'id' must be a non-empty string without '/'")
     if not isinstance(raw.get("engine"), str):
@@ -91,13 +97,7 @@ def _document(path: Path) -> dict[str, Any]:
 
 
 def _voice(path: Path, index: int, raw: Any) -> Voice:
-    where = f"{path}: voices[{index}]"
-    if not isinstance(raw, dict):
-        raise ModelConfigError(f"{where}: expected a table")
-    where = f"{where} ({raw.get('name', 'no name')!s})"
-    unknown = sorted(set(raw) - _VOICE_KEYS)
-    if unknown:
-        raise ModelConfigError(f"{where}: unknown keys {unknown}; known: {sorted(_VOICE_KEYS)}")
+    where = _table(path, "voices", index, raw, "name", _VOICE_KEYS)
     if not all(isinstance(raw.get(key), str) and raw[key].strip() for key in ("name", "audio", "transcript")):
         raise ModelConfigError(f"{where}: 'name', 'audio' (a file) and 'transcript' are required strings")
     audio = Path(raw["audio"]) if Path(raw["audio"]).is_absolute() else path.parent / raw["audio"]
