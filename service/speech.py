@@ -434,7 +434,7 @@ class SpeechService:
     def _headers(self, plan: SpeechPlan, lease: Lease[WorkerProcess]) -> dict[str, str]:
         voice = plan.request.voice if isinstance(plan.request, SynthesisRequest) else ""
         edits = plan.request.edits if isinstance(plan.request, SynthesisRequest) else ()
-        return plan.notes | {
+        headers = plan.notes | {
             "X-Model": plan.spec.id,
             "X-Mode": plan.mode,
             "X-Edits": ",".join(f"{step.mode}={step.edit_info or ''}" for step in edits),
@@ -444,6 +444,7 @@ class SpeechService:
             "X-Model-Load-Seconds": f"{lease.load_seconds or 0.0:.3f}",
             "X-Queue-Seconds": f"{lease.queued_seconds:.3f}",
         }
+        return {name: value for name, value in headers.items() if value}
 
     async def speak(self, plan: SpeechPlan) -> SpeechResult:
         """A complete audio file."""
