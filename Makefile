@@ -20,7 +20,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@ $(VENV)/.runtime
 
-run: $(VENV)/.runtime  ## install and start the service on port 7860 with the embedded voice
+run: $(VENV)/.runtime static/vendor/htmx.min.js  ## install and start the service on port 7860 with the embedded voice
 	$(BIN)/python -m service --port $${PORT:-7860}
 
 lint-tools: $(VENV)/.test  ## shellcheck and hadolint for the deployment files (idempotent)
@@ -29,13 +29,20 @@ lint-tools: $(VENV)/.test  ## shellcheck and hadolint for the deployment files (
 lint: lint-tools  ## ruff; shellcheck and hadolint on the deployment files
 	$(BIN)/ruff check service tests bench scripts
 	$(BIN)/ruff format --check service tests bench scripts
-	PATH="$(CURDIR)/$(BIN):$$PATH" shellcheck start_unified_container.sh scripts/install_lint_tools.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" shellcheck start_unified_container.sh scripts/*.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" hadolint Dockerfile
+
+# the web UI's front-end assets (htmx, from the npm registry; git-ignored) and the browser its tests drive
+static/vendor/htmx.min.js: scripts/install_frontend_assets.sh
+	bash scripts/install_frontend_assets.sh
+
+/usr/bin/chromium:
+	bash scripts/install_browser.sh
 
 typecheck: $(VENV)/.test  ## mypy --strict
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test lint-tools  ## the test suite alone
+pytest: $(VENV)/.test lint-tools static/vendor/htmx.min.js /usr/bin/chromium  ## the test suite alone
 	$(BIN)/pytest
 
 test: lint typecheck pytest  ## install test dependencies, then lint, type-check and run every test

@@ -16,6 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.htmx import HTMXPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -24,12 +25,15 @@ from service import __version__
 from service.access import KeyRing, access_middleware
 from service.audio_input import AudioDecoder
 from service.catalog import Catalog, ModelSpec
+from service.controllers.edit_pages import EditPagesController
 from service.controllers.health import HealthController
 from service.controllers.login import LoginController
 from service.controllers.metrics import MetricsController
+from service.controllers.model_pages import ModelPagesController
 from service.controllers.models import ModelsController
 from service.controllers.openai import OpenAIController
 from service.controllers.pages import PagesController
+from service.controllers.voice_pages import VoicePagesController
 from service.controllers.voices import VoicesController
 from service.errors import EXCEPTION_HANDLERS
 from service.lazy_loader import LazyLoader
@@ -118,6 +122,9 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     app = Litestar(
         route_handlers=[
             PagesController,
+            EditPagesController,
+            VoicePagesController,
+            ModelPagesController,
             HealthController,
             ModelsController,
             OpenAIController,
@@ -145,6 +152,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
         openapi_config=_openapi_config(),
         template_config=TemplateConfig(directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine),
         lifespan=[lifespan],
+        plugins=[HTMXPlugin()],
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         logging_config=None,
     )
