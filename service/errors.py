@@ -81,6 +81,11 @@ def as_api_error(error: Exception) -> ApiError:
         return _validation_error(error)
     if isinstance(error, HTTPException):
         return ApiError(error.status_code, error.detail, headers=error.headers)
+    if isinstance(error, UnicodeDecodeError):
+        # Litestar lets it through from request parsing: invalid UTF-8 in a JSON body or a multipart text field
+        return ApiError(
+            400, f"the request has text that is not valid {error.encoding}: {error.reason}", code="invalid_encoding"
+        )
     return ApiError(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", code="internal_error")
 
 

@@ -202,6 +202,9 @@ class SpeechService:
                 param=param,
                 code="string_above_max_length",
             )
+        if "\x00" in text:
+            # engines hand text to C libraries (Piper's espeak-ng), which fail on it with a 500
+            raise ApiError(400, f"{param} must not contain NUL characters", param=param, code="invalid_value")
 
     async def plan(self, request: SpeechRequest, uploads: Mapping[str, bytes] | None = None) -> SpeechPlan:
         """Check everything about the request that can be checked before any model work starts."""

@@ -148,10 +148,17 @@ def serve(inbox: Inbox, out: BinaryIO) -> int:
     return 0
 
 
+def _protocol_stdin() -> BinaryIO:
+    """The server's frames, read without a buffer: at exit, a daemon thread still blocked reading the buffered
+    sys.stdin makes the interpreter abort ("could not acquire lock for <stdin>", exit code -6); a raw file has no
+    such lock."""
+    return os.fdopen(os.dup(0), "rb", buffering=0)
+
+
 def main() -> int:
     _die_with_parent()
     out = _protocol_stdout()
-    return serve(Inbox(sys.stdin.buffer), out)
+    return serve(Inbox(_protocol_stdin()), out)
 
 
 if __name__ == "__main__":

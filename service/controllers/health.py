@@ -5,6 +5,7 @@ from typing import Any
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
+from service.controllers.errors_doc import not_ready_response
 from service.lazy_loader import LazyLoader
 from service.model_admin import ModelAdmin
 from service.workers import WorkerProcess
@@ -18,7 +19,7 @@ class HealthController(Controller):
         """Liveness: the server answers. Public, with a count of models per state."""
         return {"status": "ok", "models": admin.summary()}
 
-    @get("/readyz", operation_id="readyz")
+    @get("/readyz", operation_id="readyz", responses=not_ready_response())
     async def readyz(
         self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[WorkerProcess]]
     ) -> Response[dict[str, Any]]:

@@ -4,13 +4,14 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.controllers.errors_doc import error_responses
 from service.metrics import Metrics
 
 
 class MetricsController(Controller):
     tags = ("operations",)
 
-    @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST)
+    @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST, responses=error_responses())
     async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
         """Prometheus metrics: loads, unloads by reason, loaded models, queue depth, latency, real-time factor."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -15,6 +15,7 @@ from litestar.params import BodyKwarg, MultipartBody
 from litestar.response import Stream
 
 from service.catalog import Catalog
+from service.controllers.errors_doc import AudioOperation, SpeechOperation, error_responses
 from service.errors import ApiError
 from service.speech import SpeechPlan, SpeechRequest, SpeechResult, SpeechService
 
@@ -22,6 +23,8 @@ log = structlog.get_logger("service.controllers.openai")
 
 # the status nginx made common for a client that went away before the answer
 CLIENT_CLOSED_REQUEST = 499
+# what a speech or edit request can answer besides its audio
+SPEECH_ERRORS = error_responses(400, 404, 413, 429, 500, 503, 504)
 
 _EXAMPLES = [
     Example(
@@ -146,7 +149,7 @@ class OpenAIController(Controller):
     path = "/v1"
     tags = ("openai",)
 
-    @get("/models", operation_id="listModels")
+    @get("/models", operation_id="listModels", responses=error_responses())
     async def list_models(self, catalog: NamedDependency[Catalog]) -> dict[str, Any]:
         """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
         entries = [
@@ -159,7 +162,13 @@ class OpenAIController(Controller):
         ]
         return {"object": "list", "data": entries + aliases}
 
-    @post("/audio/speech", operation_id="createSpeech", status_code=200)
+    @post(
+        "/audio/speech",
+        operation_id="createSpeech",
+        status_code=200,
+        responses=SPEECH_ERRORS,
+        operation_class=SpeechOperation,
+    )
     async def create_speech(
         self,
         request: Request[Any, Any, Any],
@@ -171,7 +180,13 @@ class OpenAIController(Controller):
         `instructions` and `speed` into emotion, style and speed edits."""
         return await _respond(request, speech, await speech.plan(data), data.stream_format)
 
-    @post("/audio/speech/upload", operation_id="createSpeechUpload", status_code=200)
+    @post(
+        "/audio/speech/upload",
+        operation_id="createSpeechUpload",
+        status_code=200,
+        responses=SPEECH_ERRORS,
+        operation_class=SpeechOperation,
+    )
     async def create_speech_upload(
         self,
         request: Request[Any, Any, Any],
@@ -196,7 +211,13 @@ class OpenAIController(Controller):
         }
         return await _respond(request, speech, await speech.plan(speech_request, uploads), speech_request.stream_format)
 
-    @post("/audio/edit", operation_id="editAudio", status_code=200)
+    @post(
+        "/audio/edit",
+        operation_id="editAudio",
+        status_code=200,
+        responses=SPEECH_ERRORS,
+        operation_class=AudioOperation,
+    )
     async def edit_audio(
         self,
         request: Request[Any, Any, Any],

@@ -9,6 +9,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath, MultipartBody
 
+from service.controllers.errors_doc import error_responses
 from service.speech import SpeechService
 from service.voices import VoiceLibrary, wav_bytes
 
@@ -29,13 +30,13 @@ class VoicesController(Controller):
     path = "/v1/voices"
     tags = ("voices",)
 
-    @get("/", operation_id="listVoices")
+    @get("/", operation_id="listVoices", responses=error_responses())
     async def list_voices(self, voices: NamedDependency[VoiceLibrary]) -> dict[str, Any]:
         """The voice library: presets from the configuration and uploaded voices."""
         listed = await anyio.to_thread.run_sync(voices.all)
         return {"object": "list", "data": [voice.public() for voice in listed]}
 
-    @post("/", operation_id="addVoice", status_code=201)
+    @post("/", operation_id="addVoice", status_code=201, responses=error_responses(400, 409, 413))
     async def add_voice(
         self,
         voices: NamedDependency[VoiceLibrary],
@@ -50,18 +51,18 @@ class VoicesController(Controller):
         )
         return voice.public()
 
-    @get("/{name:str}", operation_id="getVoice")
+    @get("/{name:str}", operation_id="getVoice", responses=error_responses(400, 404))
     async def get_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
         """One voice."""
         return (await anyio.to_thread.run_sync(voices.get, name)).public()
 
-    @get("/{name:str}/audio", operation_id="getVoiceAudio", media_type="audio/wav")
+    @get("/{name:str}/audio", operation_id="getVoiceAudio", media_type="audio/wav", responses=error_responses(400, 404))
     async def voice_audio(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> Response[bytes]:
         """The voice's reference clip as WAV."""
         voice = await anyio.to_thread.run_sync(voices.get, name)
         return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
 
-    @delete("/{name:str}", operation_id="deleteVoice", status_code=200)
+    @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 404, 409))
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
         """Delete an uploaded voice (presets are read-only)."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)
