@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 
+import anyio
 import httpx
 import numpy as np
 import soundfile
@@ -71,6 +72,13 @@ class AudioDecoder:
             raise ApiError(400, f"{param} is not valid base64: {error}", param=param, code="invalid_base64") from error
         return self.decode(data, param)
 
+    async def read(self, data: bytes, param: str) -> AudioClip:
+        """`decode` in a worker thread, so a large upload does not hold up other requests."""
+        return await anyio.to_thread.run_sync(self.decode, data, param)
+
+    async def read_base64(self, text: str, param: str) -> AudioClip:
+        return await anyio.to_thread.run_sync(self.decode_base64, text, param)
+
     async def fetch(self, url: str, param: str) -> AudioClip:
         """Audio from a URL, only under a prefix the operator allowed (the server never fetches arbitrary URLs)."""
         try:
@@ -101,4 +109,4 @@ class AudioDecoder:
                         break
         except httpx.HTTPError as error:
             raise ApiError(400, f"{param}: could not fetch {url}: {error}", param=param, code="url_failed") from error
-        return self.decode(bytes(data), param)
+        return await self.read(bytes(data), param)

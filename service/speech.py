@@ -8,7 +8,7 @@ import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Literal
 
 import anyio
@@ -25,7 +25,7 @@ from service.instructions import check_edit, edits_from_instructions, speed_edit
 from service.lazy_loader import LazyLoader, Lease
 from service.metrics import Metrics
 from service.voices import VoiceError, VoiceLibrary
-from service.workers import WorkerProcess
+from service.workers import EngineRequestError, WorkerCrashed, WorkerProcess
 
 log = structlog.get_logger("service.speech")
 
@@ -162,7 +162,15 @@ class SpeechResult:
 
 
 def _audio_format(response_format: str) -> AudioFormat:
-    audio_format = AudioFormat(response_format)
+    try:
+        audio_format = AudioFormat(response_format)
+    except ValueError:
+        raise ApiError(
+            400,
+            f"response_format {response_format!r} is not one of {[f.value for f in AudioFormat]}",
+            param="response_format",
+            code="invalid_value",
+        ) from None
     if audio_format is AudioFormat.AAC:
         raise ApiError(
             400,
@@ -224,30 +232,13 @@ class SpeechService:
         return SpeechPlan(spec, work, mode, audio_format, rate, keep_alive, notes)
 
     async def plan_edit(
-        self,
-        model: str | None,
-        audio: AudioClip,
-        transcript: str,
-        mode: str,
-        edit_info: str | None,
-        text: str | None,
-        iterations: int,
-        response_format: str,
-        keep_alive: str | float | None,
+        self, model: str | None, edit: EditRequest, response_format: str, keep_alive: str | float | None
     ) -> SpeechPlan:
-        """An edit of an uploaded clip (POST /v1/audio/edit)."""
+        """An edit of a clip the client sent (POST /v1/audio/edit, the UI's edit history)."""
         spec = self._catalog.editing_model(model)
-        if response_format not in AudioFormat.__members__.values():
-            raise ApiError(
-                400,
-                f"response_format {response_format!r} is not one of {[f.value for f in AudioFormat]}",
-                param="response_format",
-                code="invalid_value",
-            )
         audio_format = _audio_format(response_format)
-        edit = self._edit(spec, audio, transcript, mode, edit_info, text, iterations, "")
         rate = output_sample_rate(audio_format, spec.capabilities.sample_rate, None)
-        return SpeechPlan(spec, edit, mode, audio_format, rate, parse_keep_alive(keep_alive))
+        return SpeechPlan(spec, self._edit(spec, edit, ""), edit.mode, audio_format, rate, parse_keep_alive(keep_alive))
 
     def _own_voice(self, spec: ModelSpec, request: SpeechRequest) -> SynthesisRequest:
         """A request for an engine with voices of its own (Piper's speakers)."""
@@ -310,44 +301,25 @@ class SpeechService:
             edits=edits + ((speed,) if speed else ()),
         )
 
-    def _edit(
-        self,
-        spec: ModelSpec,
-        audio: AudioClip,
-        transcript: str,
-        mode: str,
-        edit_info: str | None,
-        text: str | None,
-        iterations: int,
-        prefix: str,
-    ) -> EditRequest:
+    def _edit(self, spec: ModelSpec, edit: EditRequest, prefix: str) -> EditRequest:
+        """The edit checked against what the model accepts; `prefix` names the fields as the client sent them."""
         options = spec.capabilities.edit_options
         if not options:
-            raise ApiError(
-                400,
-                f"model {spec.id!r} does not edit audio",
-                param=f"{prefix}mode" if prefix else "model",
-                code="unsupported_value",
-            )
-        checked = check_edit(mode, edit_info, options, f"{prefix}edit_info")
-        if mode not in ("denoise", "vad") and not transcript.strip():
-            raise ApiError(
-                400,
-                f"{prefix}audio_text must say what the audio says"
-                if prefix
-                else "transcript must say what the audio says",
-                param=f"{prefix}audio_text" if prefix else "transcript",
-                code="invalid_value",
-            )
-        if mode == "paralinguistic" and not (text or "").strip():
+            param = f"{prefix}mode" if prefix else "model"
+            raise ApiError(400, f"model {spec.id!r} does not edit audio", param=param, code="unsupported_value")
+        checked = check_edit(edit.mode, edit.edit_info, options, f"{prefix}edit_info")
+        if edit.mode not in ("denoise", "vad") and not edit.transcript.strip():
+            param = f"{prefix}audio_text" if prefix else "transcript"
+            raise ApiError(400, f"{param} must say what the audio says", param=param, code="invalid_value")
+        if edit.mode == "paralinguistic" and not (edit.text or "").strip():
             raise ApiError(
                 400, "paralinguistic edits need the new transcript with tags (text)", param="text", code="invalid_value"
             )
-        if not 1 <= iterations <= MAX_EDIT_ITERATIONS:
+        if not 1 <= edit.iterations <= MAX_EDIT_ITERATIONS:
             raise ApiError(
                 400, f"n_edit_iter must be 1 to {MAX_EDIT_ITERATIONS}", param="n_edit_iter", code="invalid_value"
             )
-        return EditRequest(audio, transcript, mode, checked, text if mode == "paralinguistic" else None, iterations)
+        return replace(edit, edit_info=checked, text=edit.text if edit.mode == "paralinguistic" else None)
 
     async def _audio(self, encoded: str | None, url: str | None, upload: bytes | None, param: str) -> AudioClip | None:
         given = [source for source in (encoded, url, upload) if source is not None]
@@ -356,11 +328,11 @@ class SpeechService:
                 400, f"{param}: send the audio one way only (base64, URL or upload)", param=param, code="invalid_value"
             )
         if encoded is not None:
-            return self.decoder.decode_base64(encoded, f"{param}_base64")
+            return await self.decoder.read_base64(encoded, f"{param}_base64")
         if url is not None:
             return await self.decoder.fetch(url, f"{param}_url")
         if upload is not None:
-            return self.decoder.decode(upload, f"{param}_file")
+            return await self.decoder.read(upload, f"{param}_file")
         return None
 
     async def _step_audio(
@@ -411,12 +383,14 @@ class SpeechService:
             )
         edit = self._edit(
             spec,
-            audio,
-            extension.audio_text or "",
-            extension.mode,
-            extension.edit_info,
-            request.input,
-            extension.n_edit_iter,
+            EditRequest(
+                audio,
+                extension.audio_text or "",
+                extension.mode,
+                extension.edit_info,
+                request.input,
+                extension.n_edit_iter,
+            ),
             "step_audio.",
         )
         return spec, extension.mode, edit, notes
@@ -504,6 +478,11 @@ class SpeechService:
                 if tail := encoder.finish():
                     yield tail
                 self._finished(plan, lease, samples / engine_rate, first_audio, streamed=True)
+            except (WorkerCrashed, EngineRequestError) as error:
+                # the status line is sent already: end the stream early (the client sees it cut short) and say why
+                log.warning(
+                    "stream_interrupted", model=plan.spec.id, error=str(error), audio_seconds=samples / engine_rate
+                )
             finally:
                 await chunks.aclose()
                 lease.release()

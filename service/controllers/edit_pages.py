@@ -174,7 +174,7 @@ class EditPagesController(Controller):
             audio = await data.reference.read() if data.reference is not None else b""
             if not audio:
                 raise ApiError(400, "choose an audio file or record one", param="reference", code="invalid_value")
-            clip = speech.decoder.decode(audio, "reference")
+            clip = await speech.decoder.read(audio, "reference")
             reference_text, source = data.reference_text.strip(), "uploaded clip"
             if not reference_text:
                 raise ApiError(400, "say what the reference clip says", param="reference_text", code="invalid_value")
@@ -246,17 +246,8 @@ class EditPagesController(Controller):
             path = history.audio_path(session, current.index)
             clip = speech.decoder.conform(await anyio.to_thread.run_sync(read_clip, path))
             text = data.text if data.mode == "paralinguistic" else None
-            plan = await speech.plan_edit(
-                session.model,
-                clip,
-                current.transcript,
-                data.mode,
-                data.edit_info or None,
-                text,
-                data.n_edit_iter,
-                "wav",
-                None,
-            )
+            edit = EditRequest(clip, current.transcript, data.mode, data.edit_info or None, text, data.n_edit_iter)
+            plan = await speech.plan_edit(session.model, edit, "wav", None)
             result = await speech.speak(plan)
             assert isinstance(result.audio, bytes)
             transcript = (text or "").strip() or current.transcript

@@ -16,6 +16,7 @@ from litestar.response import Stream
 
 from service.catalog import Catalog
 from service.controllers.errors_doc import AudioOperation, SpeechOperation, error_responses
+from service.engines.base import EditRequest
 from service.errors import ApiError
 from service.speech import SpeechPlan, SpeechRequest, SpeechResult, SpeechService
 
@@ -232,16 +233,7 @@ class OpenAIController(Controller):
              localhost:7860/v1/audio/edit -o happy.wav
         ```
         """
-        audio = speech.decoder.decode(await data.audio.read(), "audio")
-        plan = await speech.plan_edit(
-            data.model,
-            audio,
-            data.transcript,
-            data.mode,
-            data.edit_info,
-            data.text,
-            data.n_edit_iter,
-            data.response_format,
-            data.keep_alive,
-        )
+        audio = await speech.decoder.read(await data.audio.read(), "audio")
+        edit = EditRequest(audio, data.transcript, data.mode, data.edit_info, data.text, data.n_edit_iter)
+        plan = await speech.plan_edit(data.model, edit, data.response_format, data.keep_alive)
         return await _respond(request, speech, plan, None)

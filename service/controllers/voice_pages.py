@@ -81,7 +81,7 @@ class VoicePagesController(Controller):
         audio = await data.audio.read() if data.audio is not None else b""
         if not audio:
             raise ApiError(400, "choose an audio file or record one", param="audio", code="invalid_value")
-        clip = speech.decoder.decode(audio, "audio")
+        clip = await speech.decoder.read(audio, "audio")
         voice = await anyio.to_thread.run_sync(
             lambda: voices.add(
                 data.name.strip(),

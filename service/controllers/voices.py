@@ -45,7 +45,7 @@ class VoicesController(Controller):
     ) -> dict[str, Any]:
         """Store a voice for cloning: `name` (letters, digits, - and _), `transcript`, `audio` (wav, flac, ogg,
         mp3), optional `locale`, `gender`, `description`."""
-        clip = speech.decoder.decode(await data.audio.read(), "audio")
+        clip = await speech.decoder.read(await data.audio.read(), "audio")
         voice = await anyio.to_thread.run_sync(
             lambda: voices.add(data.name, clip, data.transcript, data.locale, data.gender, data.description)
         )
