@@ -117,6 +117,11 @@ class EditPagesController(Controller):
             "notice": None,
         }
 
+    def _workspace(self, request: HTMXRequest, catalog: Catalog, session: Session, **options: Any) -> Template:
+        """The edit page, or just its workspace (history and next edit) for htmx."""
+        context = self._workspace_context(catalog, session)
+        return render(request, "edit.html", "partials/edit_workspace.html", context, active="edit", **options)
+
     def _workspace_context(self, catalog: Catalog, session: Session) -> dict[str, Any]:
         spec = catalog.specs.get(session.model)
         options = dict(spec.capabilities.edit_options) if spec is not None else {}
@@ -194,14 +199,7 @@ class EditPagesController(Controller):
         )
         if not request.htmx:
             return Redirect(f"/edit/{session.id}", status_code=303)
-        return render(
-            request,
-            "edit.html",
-            "partials/edit_workspace.html",
-            self._workspace_context(catalog, session),
-            active="edit",
-            push_url=f"/edit/{session.id}",
-        )
+        return self._workspace(request, catalog, session, push_url=f"/edit/{session.id}")
 
     @get("/{session_id:str}", operation_id="editPageSession")
     async def session_page(
@@ -219,14 +217,7 @@ class EditPagesController(Controller):
         except ApiError as error:
             context = await self._start_context(catalog, voices, settings) | {"notice": error.message}
             return render(request, "edit.html", "partials/edit_start.html", context, active="edit", status_code=404)
-        return render(
-            request,
-            "edit.html",
-            "partials/edit_workspace.html",
-            self._workspace_context(catalog, session),
-            active="edit",
-            partial_for=("edit-area",),
-        )
+        return self._workspace(request, catalog, session, partial_for=("edit-area",))
 
     @post("/{session_id:str}/steps", operation_id="editPageStep", status_code=200)
     async def add_step(
@@ -262,13 +253,7 @@ class EditPagesController(Controller):
             )
             audio = result.audio
             session = await anyio.to_thread.run_sync(lambda: history.append(session, step, audio))
-        return render(
-            request,
-            "edit.html",
-            "partials/edit_workspace.html",
-            self._workspace_context(catalog, session),
-            active="edit",
-        )
+        return self._workspace(request, catalog, session)
 
     @post("/{session_id:str}/undo/{index:int}", operation_id="editPageUndo", status_code=200)
     async def undo(
@@ -283,13 +268,7 @@ class EditPagesController(Controller):
         async with history.lock(session_id):
             session = await anyio.to_thread.run_sync(history.get, session_id)
             session = await anyio.to_thread.run_sync(history.truncate, session, index)
-        return render(
-            request,
-            "edit.html",
-            "partials/edit_workspace.html",
-            self._workspace_context(catalog, session),
-            active="edit",
-        )
+        return self._workspace(request, catalog, session)
 
     @post("/{session_id:str}/reset", operation_id="editPageReset", status_code=200)
     async def reset(
