@@ -11,14 +11,14 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 SESSION_COOKIE = "tts_session"
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login", "/favicon.ico"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login"})
 PUBLIC_PREFIXES = ("/static/",)
 API_PREFIXES = ("/v1/", "/api/", "/metrics", "/docs/openapi")
 
@@ -72,7 +72,10 @@ def _authorized(scope: Scope, keys: KeyRing) -> bool:
     if authorization.lower().startswith("bearer ") and keys.valid_key(authorization[7:].strip()):
         return True
     cookie = SimpleCookie()
-    cookie.load(_header(scope, b"cookie"))
+    try:
+        cookie.load(_header(scope, b"cookie"))
+    except CookieError:  # a malformed cookie (perhaps another app's on this host) is no session, not an error
+        return False
     session = cookie.get(SESSION_COOKIE)
     return session is not None and keys.valid_session(session.value)
 
@@ -123,9 +126,6 @@ def access_middleware(keys: KeyRing) -> Callable[[ASGIApp], ASGIApp]:
             if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
-            if keys.enabled and not _is_public(scope["path"]) and not _authorized(scope, keys):
-                await _refuse(scope, send)
-                return
             policy = DOCS_POLICY if scope["path"] in ("/docs", "/docs/") else PAGE_POLICY
 
             async def send_hardened(message: Message) -> None:
@@ -142,6 +142,9 @@ def access_middleware(keys: KeyRing) -> Callable[[ASGIApp], ASGIApp]:
                     message["headers"] = headers
                 await send(message)
 
+            if keys.enabled and not _is_public(scope["path"]) and not _authorized(scope, keys):
+                await _refuse(scope, send_hardened)
+                return
             await app(scope, receive, send_hardened)
 
         return guarded

@@ -320,34 +320,40 @@ class LazyLoader(Generic[W]):
             raise ShuttingDown
         if slot.queued >= self._max_queue:
             raise QueueFull(model, slot.queued, max(1.0, slot.hold_seconds * slot.queued))
-        if keep_alive is not None:
-            slot.keep_alive = keep_alive
         arrived = anyio.current_time()
         load_seconds: float | None = None
         slot.waiting += 1
         self._notify(slot)
         try:
             while (worker := await self._take_turn(slot)) is None:
-                if self._closing:
-                    raise ShuttingDown
-                if slot.state in (SlotState.UNLOADED, SlotState.FAILED) and slot.drains == 0:
-                    self._start_load_unless_backing_off(slot)
-                if slot.state is SlotState.LOADING and slot.attempt is not None:
-                    attempt = slot.attempt
-                    await attempt.done.wait()
-                    if attempt.error is not None:
-                        raise attempt.error
-                    load_seconds = attempt.seconds
-                    continue
-                await self._wait_for_change(slot)
+                waited_for_load = await self._progress(slot)
+                load_seconds = waited_for_load if waited_for_load is not None else load_seconds
         except BaseException:
             slot.waiting -= 1
             self._notify(slot)
             raise
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
         slot.running += 1
         slot.last_used = time.time()
         self._notify(slot)
         return Lease(self, slot, worker, load_seconds, anyio.current_time() - arrived, anyio.current_time())
+
+    async def _progress(self, slot: _Slot[W]) -> float | None:
+        """One step towards a loaded slot: start a load if none runs, then wait for it (returning its seconds) or for
+        any change to the slot."""
+        if self._closing:
+            raise ShuttingDown
+        if slot.state in (SlotState.UNLOADED, SlotState.FAILED) and slot.drains == 0:
+            self._start_load_unless_backing_off(slot)
+        if slot.state is SlotState.LOADING and slot.attempt is not None:
+            attempt = slot.attempt
+            await attempt.done.wait()
+            if attempt.error is not None:
+                raise attempt.error
+            return attempt.seconds
+        await self._wait_for_change(slot)
+        return None
 
     async def _take_turn(self, slot: _Slot[W]) -> W | None:
         """If the slot is loaded and not draining: admit the request, wait for its turn and return the worker.
@@ -364,7 +370,7 @@ class LazyLoader(Generic[W]):
             slot.waiting += 1
             self._leave(slot)
             raise
-        if slot.worker is worker:
+        if slot.worker is worker and slot.state is SlotState.LOADED:
             return worker
         slot.turns.release()
         slot.waiting += 1
@@ -393,9 +399,10 @@ class LazyLoader(Generic[W]):
     # ---- manual control
 
     async def load(self, model: str) -> SlotSnapshot:
-        """Load a model now (as a request would) without holding it."""
-        lease = await self.acquire(model)
-        lease.release()
+        """Load a model now if it is not loaded (sharing a load already running); takes no turn on it."""
+        slot = self._slot(model)
+        while slot.state is not SlotState.LOADED or slot.drains:
+            await self._progress(slot)
         return await self.snapshot(model)
 
     async def unload(self, model: str, reason: UnloadReason = UnloadReason.MANUAL) -> UnloadReport:
@@ -464,6 +471,12 @@ class LazyLoader(Generic[W]):
             return
         finally:
             slot.launching = False
+        if self._closing:
+            # the server began shutting down while this worker loaded: end it instead of serving with it
+            await worker.stop()
+            slot.state = SlotState.UNLOADED
+            self._finish_attempt(slot, attempt, ShuttingDown(), "model_load_refused", reason="shutting down")
+            return
         attempt.seconds = anyio.current_time() - started
         slot.worker = worker
         slot.state = SlotState.LOADED

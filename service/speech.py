@@ -122,8 +122,12 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     return float(value)
 
 
-def _chunks(worker: WorkerProcess, request: SynthesisRequest | EditRequest) -> AsyncGenerator[AudioChunk, None]:
-    return worker.synthesize(request) if isinstance(request, SynthesisRequest) else worker.edit(request)
+def _chunks(lease: Lease[WorkerProcess], request: SynthesisRequest | EditRequest) -> AsyncGenerator[AudioChunk, None]:
+    """The request's audio from the lease's worker; the lease is released as soon as the worker is done with it,
+    so a client that reads slowly does not hold the model."""
+    if isinstance(request, SynthesisRequest):
+        return lease.worker.synthesize(request, on_finished=lease.release)
+    return lease.worker.edit(request, on_finished=lease.release)
 
 
 async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -430,7 +434,7 @@ class SpeechService:
         first_audio: float | None = None
         chunks: list[AudioChunk] = []
         try:
-            async for chunk in _chunks(lease.worker, plan.request):
+            async for chunk in _chunks(lease, plan.request):
                 first_audio = first_audio or time.perf_counter()
                 chunks.append(chunk)
         finally:
@@ -454,8 +458,10 @@ class SpeechService:
         """Encoded audio chunks as the engine produces them; errors before the first chunk still reach the client
         as a proper error response."""
         lease = await self._acquire(plan)
-        chunks = _chunks(lease.worker, plan.request)
+        chunks = _chunks(lease, plan.request)
+        engine_rate = plan.spec.capabilities.sample_rate
         try:
+            encoder = create_encoder(plan.audio_format, engine_rate, plan.output_rate)
             first = await anext(chunks, None)
             if first is None:
                 raise _nothing_to_speak()
@@ -463,8 +469,6 @@ class SpeechService:
             lease.release()
             raise
         first_audio = time.perf_counter()
-        engine_rate = plan.spec.capabilities.sample_rate
-        encoder = create_encoder(plan.audio_format, engine_rate, plan.output_rate)
 
         async def body() -> AsyncIterator[bytes]:
             samples = 0
@@ -484,8 +488,10 @@ class SpeechService:
                     "stream_interrupted", model=plan.spec.id, error=str(error), audio_seconds=samples / engine_rate
                 )
             finally:
-                await chunks.aclose()
-                lease.release()
+                try:
+                    await chunks.aclose()
+                finally:
+                    lease.release()
 
         audio = server_sent_events(body()) if sse else body()
         media_type = "text/event-stream" if sse else MEDIA_TYPES[plan.audio_format]

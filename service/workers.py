@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import subprocess
 import sys
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,7 @@ class WorkerProcess:
         self._reader = reader
         self._ids = itertools.count(1)
         self._pending: dict[int, MemoryObjectSendStream[Frame]] = {}
+        self._finishers: dict[int, Callable[[], None]] = {}
         self._write_lock = anyio.Lock()
         self._exited = anyio.Event()
         self.returncode: int | None = None
@@ -129,19 +131,35 @@ class WorkerProcess:
         """Route the worker's frames to their requests until it exits; then fail whatever is still waiting."""
         try:
             while (frame := await self._reader.read()) is not None:
-                stream = self._pending.get(frame.header.get("id", -1))
+                request_id = frame.header.get("id", -1)
+                stream = self._pending.get(request_id)
                 if stream is not None:
-                    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        await stream.send(frame)
+                    with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        stream.send_nowait(frame)
+                if frame.header.get("type") in ("done", "error"):
+                    self._finish(request_id)
         except (ProtocolError, ValueError) as error:
             log.error("worker_protocol_error", model=self.spec.model_id, pid=self.pid, error=str(error))
             self._process.kill()
+        except anyio.get_cancelled_exc_class():
+            # the server is closing its task group with this worker still running: it must not outlive the server
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 self.returncode = await self._process.wait()
                 self._exited.set()
                 for stream in self._pending.values():
                     stream.close()
+                for request_id in list(self._finishers):
+                    self._finish(request_id)
+
+    def _finish(self, request_id: int) -> None:
+        """The worker is done with this request (its frames may still be on their way to the client)."""
+        finisher = self._finishers.pop(request_id, None)
+        if finisher is not None:
+            finisher()
 
     async def wait(self) -> int:
         """Wait until the process has exited and return its exit code."""
@@ -156,20 +174,28 @@ class WorkerProcess:
     async def memory(self) -> MemoryUsage:
         return await measure(self.pid)
 
-    def synthesize(self, request: SynthesisRequest) -> AsyncGenerator[AudioChunk, None]:
-        """Audio chunks as the worker produces them."""
-        return self._request("synthesize", request.header(), request.reference)
+    def synthesize(
+        self, request: SynthesisRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """Audio chunks as the worker produces them; `on_finished` is called as soon as the worker is done with the
+        request, even if its chunks are still being read."""
+        return self._request("synthesize", request.header(), request.reference, on_finished)
 
-    def edit(self, request: EditRequest) -> AsyncGenerator[AudioChunk, None]:
+    def edit(
+        self, request: EditRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
         """The edited clip's chunks as the worker produces them."""
-        return self._request("edit", request.header(), request.audio)
+        return self._request("edit", request.header(), request.audio, on_finished)
 
     async def _request(
-        self, op: str, request: dict[str, Any], audio: AudioClip | None
+        self, op: str, request: dict[str, Any], audio: AudioClip | None, on_finished: Callable[[], None] | None
     ) -> AsyncGenerator[AudioChunk, None]:
         request_id = next(self._ids)
-        send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=1024)
+        # unbounded: the pump never waits for a slow reader, so it always notices the worker's end at once
+        send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=math.inf)
         self._pending[request_id] = send
+        if on_finished is not None:
+            self._finishers[request_id] = on_finished
         finished = False
         header: dict[str, Any] = {"op": op, "id": request_id, "request": request}
         payload = b""
@@ -178,7 +204,10 @@ class WorkerProcess:
             payload = np.asarray(audio.samples, dtype="<f4").tobytes()
         deadline = None if self.spec.generation_timeout is None else anyio.current_time() + self.spec.generation_timeout
         try:
-            await self._send(header, payload)
+            try:
+                await self._send(header, payload)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
+                raise WorkerCrashed(f"worker of {self.spec.model_id!r} is gone: {error!r}") from error
             while (frame := await self._next_frame(receive, deadline)) is not None:
                 kind = frame.header["type"]
                 if kind == "chunk":
@@ -187,6 +216,8 @@ class WorkerProcess:
                 finished = True
                 if kind == "error":
                     raise EngineRequestError(frame.header["kind"], frame.header["message"], frame.header.get("param"))
+                if frame.header.get("cancelled"):
+                    raise WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
                 self.gpu_memory = GpuMemory(**frame.header["gpu"])
                 return
             raise WorkerCrashed(f"worker of {self.spec.model_id!r} exited with code {await self.wait()} mid-request")
@@ -194,6 +225,7 @@ class WorkerProcess:
             if not finished and not self.exited:
                 await self._cancel(request_id, receive)
             self._pending.pop(request_id, None)
+            self._finishers.pop(request_id, None)
             send.close()
             receive.close()
 
@@ -226,7 +258,11 @@ class WorkerProcess:
 
     async def _cancel(self, request_id: int, receive: MemoryObjectReceiveStream[Frame]) -> None:
         """Tell the worker to stop this request and wait for its last frame, so the next request starts clean."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE_SECONDS):
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(CANCEL_GRACE_SECONDS),
+            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError),
+        ):
             await self._send({"op": "cancel", "id": request_id})
             async for frame in receive:
                 if frame.header["type"] != "chunk":

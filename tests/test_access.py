@@ -162,3 +162,10 @@ def test_without_a_key_the_server_says_it_listens_on_loopback_only(start_server:
     assert isinstance(server, ServerProcess)
     assert httpx.get(f"{server.base_url}/v1/models").status_code == 200
     assert "loopback" in server.log()
+
+
+@pytest.mark.slow
+async def test_a_malformed_cookie_is_no_session_not_an_error(guarded: AppClient) -> None:
+    response = await guarded.get("/v1/models", headers={"Cookie": "a<b=c; tts_session=forged"})
+    assert response.status_code == 401
+    assert response.headers["x-content-type-options"] == "nosniff"

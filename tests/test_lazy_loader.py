@@ -470,3 +470,43 @@ async def test_a_worker_ended_by_the_watchdog_names_the_cause() -> None:
         assert [event["watchdog"] for event in loader.events if event["event"] == "worker_exited_unexpectedly"] == [
             True
         ]
+
+
+async def test_keep_alive_of_a_request_that_waited_through_an_unload_still_applies() -> None:
+    async with running(LazyLoader(policies("a", idle_timeout=300), FakeLauncher())) as loader:
+        lease = await loader.acquire("a")
+        late: list[float | None] = []
+
+        async def late_request() -> None:
+            late_lease = await loader.acquire("a", keep_alive=-1)
+            late.append((await loader.snapshot("a")).keep_alive)
+            late_lease.release()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(loader.unload, "a")
+            await until(lambda: loader._slot("a").drains == 1)
+            group.start_soon(late_request)
+            await until(lambda: loader.snapshots_now()[0].queued == 1)
+            lease.release()
+        assert late == [-1]
+        assert (await loader.snapshot("a")).seconds_until_unload is None
+
+
+async def test_a_worker_that_finishes_loading_during_shutdown_is_ended_not_kept() -> None:
+    launcher = FakeLauncher()
+    launcher.gate = anyio.Event()
+    async with anyio.create_task_group() as task_group:
+        loader = LazyLoader(policies("a"), launcher)
+        loader.start(task_group)
+
+        async def request() -> None:
+            with pytest.raises(ShuttingDown):
+                await loader.acquire("a")
+
+        task_group.start_soon(request)
+        await until(lambda: loader.state("a") is SlotState.LOADING)
+        await loader.shutdown(grace=0.05)
+        launcher.gate.set()
+        await until(lambda: bool(launcher.workers) and launcher.workers[0].code == 0)
+        assert loader.state("a") is SlotState.UNLOADED
+        task_group.cancel_scope.cancel()

@@ -135,3 +135,18 @@ def test_a_worker_exits_when_its_server_is_killed(tmp_path: Path) -> None:
     while process_exists(worker_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not process_exists(worker_pid)
+
+
+async def test_the_worker_is_released_when_it_is_done_not_when_the_reader_is(task_group: TaskGroup) -> None:
+    worker = await WorkerProcess.start(tone(chunks=5), task_group)
+    finished = anyio.Event()
+    try:
+        stream = worker.synthesize(SynthesisRequest("read slowly", "tone"), on_finished=finished.set)
+        first = await anext(stream)
+        assert len(first) > 0
+        with anyio.fail_after(10):
+            await finished.wait()
+        rest = [chunk async for chunk in stream]
+        assert len(rest) == 4
+    finally:
+        await worker.stop()
