@@ -12,7 +12,6 @@ from litestar.params import FromPath
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from service.catalog import Catalog
 from service.controllers.ui import Format, aliases_of, fragment, model_choices, render
 from service.lazy_loader import LazyLoader
 from service.model_admin import ModelAdmin
@@ -68,7 +67,8 @@ def describe_event(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def live_context(admin: ModelAdmin, loader: LazyLoader[WorkerProcess], catalog: Catalog) -> dict[str, Any]:
+async def live_context(admin: ModelAdmin) -> dict[str, Any]:
+    catalog, loader = admin.catalog, admin.loader
     statuses = await admin.all_status()
     rows = []
     for spec in model_choices(catalog):
@@ -102,43 +102,31 @@ class ModelPagesController(Controller):
         self,
         request: HTMXRequest,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
-        catalog: NamedDependency[Catalog],
     ) -> Template:
         """Every model's state; htmx polls this route for the live partial."""
-        context = await live_context(admin, loader, catalog)
+        context = await live_context(admin)
         return render(request, "models.html", "partials/models_live.html", context, active="models")
 
-    async def _after(
-        self,
-        admin: ModelAdmin,
-        loader: LazyLoader[WorkerProcess],
-        catalog: Catalog,
-        message: str,
-    ) -> Template:
-        context = await live_context(admin, loader, catalog) | {"message": message}
+    async def _after(self, admin: ModelAdmin, message: str) -> Template:
+        context = await live_context(admin) | {"message": message}
         return fragment("partials/models_live.html", context)
 
     @post("/{model_id:str}/load", operation_id="modelsPageLoad", status_code=200)
     async def load(
         self,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
-        catalog: NamedDependency[Catalog],
         model_id: FromPath[str],
     ) -> Template:
         """Load the model (answers once it is loaded; the page shows progress meanwhile)."""
         status = await admin.load(model_id)
         seconds = Format.seconds(status["last_load_seconds"], 2)
         message = f"{model_id} is loaded (took {seconds}, {Format.bytes(status['rss_bytes'])} resident)."
-        return await self._after(admin, loader, catalog, message)
+        return await self._after(admin, message)
 
     @post("/{model_id:str}/unload", operation_id="modelsPageUnload", status_code=200)
     async def unload(
         self,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
-        catalog: NamedDependency[Catalog],
         model_id: FromPath[str],
     ) -> Template:
         """Unload the model (requests in flight finish first) and say what was freed."""
@@ -150,41 +138,36 @@ class ModelPagesController(Controller):
             )
         else:
             message = f"{model_id} was not loaded; nothing to unload."
-        return await self._after(admin, loader, catalog, message)
+        return await self._after(admin, message)
 
     @post("/{model_id:str}/pin", operation_id="modelsPagePin", status_code=200)
     async def pin(
         self,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
-        catalog: NamedDependency[Catalog],
         model_id: FromPath[str],
     ) -> Template:
         """Pin the model: it stays loaded until unloaded by hand."""
         await admin.configure(model_id, idle_timeout=None, auto_unload=None, pinned=True)
-        return await self._after(admin, loader, catalog, f"{model_id} is pinned: it is never unloaded automatically.")
+        return await self._after(admin, f"{model_id} is pinned: it is never unloaded automatically.")
 
     @post("/{model_id:str}/unpin", operation_id="modelsPageUnpin", status_code=200)
     async def unpin(
         self,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
-        catalog: NamedDependency[Catalog],
         model_id: FromPath[str],
     ) -> Template:
         """Unpin the model: the idle timer applies again."""
         await admin.configure(model_id, idle_timeout=None, auto_unload=None, pinned=False)
-        return await self._after(admin, loader, catalog, f"{model_id} is no longer pinned.")
+        return await self._after(admin, f"{model_id} is no longer pinned.")
 
     @get("/{model_id:str}/progress", operation_id="modelsPageProgress")
     async def progress(
         self,
         admin: NamedDependency[ModelAdmin],
-        loader: NamedDependency[LazyLoader[WorkerProcess]],
         model_id: FromPath[str],
     ) -> Template:
         """What a request for this model is waiting for now: its load (elapsed against the last load), its turn,
         or the generation. The pages poll it while a request is pending."""
         status = await admin.status(model_id)
-        progress = load_progress(status, load_started(loader, model_id)) if status["state"] == "loading" else None
+        progress = load_progress(status, load_started(admin.loader, model_id)) if status["state"] == "loading" else None
         return fragment("partials/progress.html", {"model": model_id, "status": status, "progress": progress})
