@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import soundfile
 from litestar import Litestar, Request, Response, get
@@ -25,21 +23,7 @@ from service.errors import ApiError
 from service.model_config import ModelConfigError, load_voice_presets
 from service.voices import MAX_TRANSCRIPT_CHARS, UnknownVoice, Voice, VoiceConflict, VoiceError, VoiceLibrary
 from tests.conftest import serve
-
-RATE = 24000
-
-
-def tone(seconds: float, rate: int = RATE, channels: int = 1, frequency: float = 220.0) -> npt.NDArray[np.float32]:
-    """A sine tone, (frames,) when mono and (frames, channels) otherwise."""
-    times = np.arange(round(seconds * rate)) / rate
-    mono = (0.3 * np.sin(2 * np.pi * frequency * times)).astype(np.float32)
-    return np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono
-
-
-def wav_bytes(seconds: float, rate: int = RATE, channels: int = 1) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, tone(seconds, rate, channels), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
+from tests.support.audio import RATE, tone, wav_bytes
 
 
 def clip(seconds: float = 1.0) -> AudioClip:

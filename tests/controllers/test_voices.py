@@ -7,31 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import numpy.typing as npt
 import pytest
 import soundfile
 
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory
+from tests.support.audio import RATE, tone, wav_bytes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-RATE = 24000
 PUBLIC_FIELDS = {"name", "transcript", "seconds", "sample_rate", "locale", "gender", "description", "preset", "created"}
-
-
-def tone(seconds: float, rate: int = RATE, channels: int = 1, frequency: float = 220.0) -> npt.NDArray[np.float32]:
-    """A sine tone, (frames,) when mono and (frames, channels) otherwise."""
-    times = np.arange(round(seconds * rate)) / rate
-    mono = (0.3 * np.sin(2 * np.pi * frequency * times)).astype(np.float32)
-    return np.repeat(mono[:, None], channels, axis=1) if channels > 1 else mono
-
-
-def wav_bytes(seconds: float, rate: int = RATE, channels: int = 1) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, tone(seconds, rate, channels), rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def tree(root: Path) -> list[str]:
