@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -243,38 +244,20 @@ class Settings:
             raise SettingError("log_format", f"must be auto, json or console, got {self.log_format!r}")
 
 
+# how a raw flag or environment value becomes each field's type; the type comes from the field's annotation
+_CONVERTERS: dict[object, Callable[[str], object]] = {
+    int: int,
+    float: float,
+    bool: _parse_bool,
+    str: str,
+    Path: Path,
+    Path | None: Path,
+    tuple[str, ...]: _split_ids,
+}
+
+
 def _convert(name: str, raw: str) -> object:
-    converters: dict[str, object] = {
-        "port": int,
-        "idle_timeout": float,
-        "capacity_wait": float,
-        "shutdown_grace": float,
-        "max_loaded_models": int,
-        "memory_budget_bytes": int,
-        "max_input_chars": int,
-        "auto_unload": _parse_bool,
-        "models_dir": Path,
-        "models_config": Path,
-        "step_audio_dir": Path,
-        "step_audio_models_dir": Path,
-        "data_dir": Path,
-        "max_audio_seconds": float,
-        "max_upload_bytes": int,
-        "audio_url_prefixes": _split_ids,
-        "max_queue": int,
-        "request_timeout": float,
-        "generation_timeout": float,
-        "load_backoff": float,
-        "api_keys": _split_ids,
-        "api_keys_file": Path,
-        "allow_unauthenticated": _parse_bool,
-        "cors_origins": _split_ids,
-        "preload": _split_ids,
-        "pinned": _split_ids,
-    }
-    convert = converters.get(name, str)
-    assert callable(convert)
-    return convert(raw)
+    return _CONVERTERS[get_type_hints(Settings)[name]](raw)
 
 
 def build_parser() -> argparse.ArgumentParser:

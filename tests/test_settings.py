@@ -251,3 +251,11 @@ def test_help_of_python_m_service_lists_every_flag() -> None:
         assert flag in completed.stdout
     for settings_field in fields(Settings):
         assert settings_field.metadata["option"].flag in completed.stdout
+
+
+def test_every_setting_has_a_converter_for_its_type() -> None:
+    from typing import get_type_hints
+
+    from service.settings import _CONVERTERS
+
+    assert [name for name, hint in get_type_hints(Settings).items() if hint not in _CONVERTERS] == []
