@@ -34,31 +34,27 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends build-essential python3.11-dev python3.11-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    VIRTUAL_ENV=/opt/venv \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    && rm -rf /var/lib/apt/lists/*
+# uv, the installer of every set this project locks, pinned with its hashes, in a virtualenv of its own (uv sync
+# keeps /opt/venv to exactly what the lock holds, so uv must not live there)
+COPY scripts/uv-requirements.txt /tmp/uv-requirements.txt
+RUN python3.11 -m venv /opt/uv \
+    && /opt/uv/bin/pip install --no-cache-dir --no-deps --require-hashes -r /tmp/uv-requirements.txt
+ENV UV=/opt/uv/bin/uv \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON=python3.11 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1
 WORKDIR /app
-# The dependencies first, read from pyproject.toml alone (core + extras `gpu` and `step-audio`), so that a change
-# to the code does not download torch again. Then the onnxruntime trap: piper-tts depends on the CPU package
-# `onnxruntime`, the engine needs `onnxruntime-gpu`, and both install the same `onnxruntime/` folder, so whichever
-# came last wins and the CUDA provider may be gone. Uninstalling the CPU package deletes files the GPU package
-# shares, so the GPU package is reinstalled, same version, without dependencies. (`pip check` will from now on say
-# that piper-tts wants onnxruntime: onnxruntime-gpu provides the same module, CPU provider included.)
-#
-# ENGINE_PINS constrain what pyproject.toml leaves open to the versions the upstream Step-Audio-EditX code was
-# written for (docs/deployment.md, "Pins and traps"): torch/torchaudio 2.8.0 (CUDA 12.8 wheels; torchaudio 2.9+
-# hands torchaudio.load to torchcodec), transformers 4.53.3 (the model's remote code), and onnxruntime-gpu below
-# 1.27, the last CUDA 12 builds (1.27+ are built for CUDA 13). Change them together with CUDA_IMAGE.
-ARG ENGINE_PINS="torch==2.8.0 torchaudio==2.8.0 transformers==4.53.3 onnxruntime-gpu<1.27"
-COPY pyproject.toml ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["gpu"] + x["step-audio"]))' > /tmp/requirements.txt \
-    && echo "${ENGINE_PINS}" | tr ' ' '\n' > /tmp/constraints.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints.txt \
-    && ort_gpu="$(python -c 'import importlib.metadata as m; print(m.version("onnxruntime-gpu"))')" \
-    && pip uninstall -y onnxruntime \
-    && pip install --no-cache-dir --no-deps --force-reinstall "onnxruntime-gpu==${ort_gpu}"
+# The dependencies first, from uv.lock alone (the service's set plus the extras `step-audio` and `gpu`, with the pins
+# docs/deployment.md explains), so that a change to the code does not download torch again. uv.lock records every
+# file's hash and --locked refuses a lock that disagrees with pyproject.toml. The onnxruntime trap: piper-tts
+# depends on the CPU package `onnxruntime`, the engine needs `onnxruntime-gpu`, and both install the same
+# `onnxruntime/` folder; scripts/container_env.sh leaves the CPU package out, and onnxruntime-gpu serves Piper too.
+COPY pyproject.toml uv.lock ./
+COPY scripts/container_env.sh ./scripts/container_env.sh
+RUN bash scripts/container_env.sh --no-install-project
 # The service itself, editable: it reads templates/ and static/ beside its package (PROJECT_ROOT = /app), which a
 # regular install into site-packages would leave behind.
 COPY README.md LICENSE ./
@@ -68,7 +64,7 @@ COPY static ./static
 # The web UI's third-party files (static/vendor/, git-ignored) come from the UI's own install script, which does
 # nothing when the build context already has them; a checkout without that script has none to fetch.
 COPY scripts ./scripts
-RUN pip install --no-cache-dir --no-deps -e . \
+RUN bash scripts/container_env.sh \
     && if [ -f scripts/install_frontend_assets.sh ]; then bash scripts/install_frontend_assets.sh; fi \
     && rm -rf scripts
 

@@ -180,7 +180,7 @@ def photograph(base: str, work: Path) -> None:
 
 def main() -> None:
     if not CHROMIUM.exists():
-        raise SystemExit(f"{CHROMIUM} is missing: run scripts/install_browser.sh")
+        raise SystemExit(f"{CHROMIUM} is missing: run scripts/install_system_packages.sh")
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="screenshots-") as folder:
         work = Path(folder)

@@ -43,12 +43,15 @@ from service.model_config import load_model_config, load_voice_presets
 from service.settings import PROJECT_ROOT, Settings, api_keys
 from service.speech import SpeechService
 from service.voices import VoiceLibrary
-from service.workers import WorkerProcess
+from service.workers import WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
+from service.workers import probe as probe_worker
 
 log = structlog.get_logger("service.app")
 
 DOCS_ASSETS = Path(litestar_offline_docs.__file__).parent / "static"
 ENGINE_INPUT_RATE = 24000
+# under the data folder: where workers' libraries write (home, caches, temporary files)
+WORKER_SCRATCH = "workers"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
@@ -71,6 +74,19 @@ def _openapi_config() -> OpenAPIConfig:
     )
 
 
+async def probe_engine(catalog: Catalog, spec: WorkerSpec, model_ids: list[str]) -> None:
+    """At start-up: import an engine's libraries and code as its workers will, in a process of their own, so that
+    a broken environment shows in the log and on /api/v1/models/unavailable before any request."""
+    started = anyio.current_time()
+    problem = await probe_worker(spec)
+    seconds = round(anyio.current_time() - started, 3)
+    catalog.record_probe(model_ids, problem)
+    if problem is None:
+        log.info("engine_probe_passed", engine=spec.engine, models=model_ids, seconds=seconds)
+    else:
+        log.warning("model_unavailable", engine=spec.engine, models=model_ids, reason=problem, seconds=seconds)
+
+
 def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
     """The whole service for these settings; `extra_models` adds configured models beside the discovered ones."""
     settings = settings or Settings()
@@ -78,9 +94,19 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
     presets = load_voice_presets(settings.models_config) if settings.models_config else []
     catalog = Catalog.from_settings(settings, [*configured, *extra_models])
 
+    scratch = settings.data_dir / WORKER_SCRATCH
+    sweep_scratch(scratch)
+
+    def worker_spec(spec: ModelSpec) -> WorkerSpec:
+        return replace(
+            spec.worker_spec(),
+            environment={**scratch_environment(scratch), **spec.environment},
+            generation_timeout=settings.generation_timeout,
+            python=str(settings.worker_python) if settings.worker_python else None,
+        )
+
     async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
-        spec = replace(catalog.get(model).worker_spec(), generation_timeout=settings.generation_timeout)
-        return await WorkerProcess.start(spec, task_group)
+        return await WorkerProcess.start(worker_spec(catalog.get(model)), task_group)
 
     loader: LazyLoader[WorkerProcess] = LazyLoader(
         catalog.policies(),
@@ -109,6 +135,8 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             log.warning("model_unavailable", model=model, reason=reason)
         async with anyio.create_task_group() as task_group:
             loader.start(task_group)
+            for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
+                task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
             try:
                 yield
             finally:

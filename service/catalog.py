@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from service.engines import resolve_engine
 from service.engines.base import Capabilities
 from service.engines.step_audio import VARIANT_FOLDERS, check_variant
 from service.engines.transformers_tts import discover_transformers_models
-from service.lazy_loader import ModelPolicy, UnknownModel
+from service.lazy_loader import ModelPolicy, ModelUnavailable, UnknownModel
 from service.settings import Settings
 from service.workers import WorkerSpec
 
@@ -48,8 +49,10 @@ class ModelSpec:
         aliases: tuple[str, ...] = (),
     ) -> ModelSpec:
         """Describe the engine from its options (cheap: no weights are read)."""
-        capabilities = resolve_engine(engine).describe(options)
-        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, dict(environment or {}), aliases)
+        engine_class = resolve_engine(engine)
+        capabilities = engine_class.describe(options)
+        worker_environment = {**getattr(engine_class, "worker_environment", {}), **(environment or {})}
+        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, worker_environment, aliases)
 
     @property
     def edits(self) -> bool:
@@ -106,6 +109,13 @@ def discover_step_audio(settings: Settings) -> tuple[list[ModelSpec], dict[str, 
     return specs, unavailable
 
 
+class ModelNotServable(ModelUnavailable):
+    """A configured model that cannot be served on this server as it is (its engine's imports fail)."""
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(f"model {model_id!r} cannot be served here: {reason}")
+
+
 class Catalog:
     def __init__(
         self,
@@ -124,6 +134,8 @@ class Catalog:
         self.default_model = default_model
         self.aliases = dict.fromkeys(OPENAI_MODEL_ALIASES, default_model) | dict(aliases or {})
         self.unavailable = dict(unavailable or {})
+        # model id -> the state of its engine's import probe: pending, passed or failed
+        self.probes: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, extra: Iterable[ModelSpec] = ()) -> Catalog:
@@ -144,8 +156,32 @@ class Catalog:
         return catalog
 
     def resolve(self, name: str) -> ModelSpec:
-        """The model a request names: its id or an alias (tts-1 and tts-1-hd stand for the default model)."""
-        return self.get(self.aliases.get(name, name))
+        """The model a request names: its id or an alias (tts-1 and tts-1-hd stand for the default model); one found
+        unservable since start-up (its import probe failed) answers with the reason."""
+        spec = self.get(self.aliases.get(name, name))
+        if spec.id in self.unavailable:
+            raise ModelNotServable(spec.id, self.unavailable[spec.id])
+        return spec
+
+    def probe_groups(self) -> list[tuple[ModelSpec, list[str]]]:
+        """Models whose engine has an import probe, grouped by what the probe depends on: one spec to probe with and
+        the ids the answer is for. Their probe is pending from now on."""
+        groups: dict[str, tuple[ModelSpec, list[str]]] = {}
+        for spec in self.specs.values():
+            options_of = getattr(resolve_engine(spec.engine), "probe_options", None)
+            if options_of is None:
+                continue
+            key = json.dumps([spec.engine, options_of(spec.options)], sort_keys=True)
+            groups.setdefault(key, (spec, []))[1].append(spec.id)
+            self.probes[spec.id] = "pending"
+        return list(groups.values())
+
+    def record_probe(self, model_ids: Iterable[str], problem: str | None) -> None:
+        """A probe's answer: passed, or failed with the problem, which makes its models unservable."""
+        for model_id in model_ids:
+            self.probes[model_id] = "passed" if problem is None else "failed"
+            if problem is not None:
+                self.unavailable[model_id] = f"its import probe failed: {problem}"
 
     def get(self, model_id: str) -> ModelSpec:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
+from litestar.utils.scope.state import ScopeState
 
 from service.engines.base import EngineInputError
 from service.lazy_loader import ModelUnavailable, QueueFull, UnknownModel
@@ -82,10 +84,8 @@ def as_api_error(error: Exception) -> ApiError:
     if isinstance(error, HTTPException):
         return ApiError(error.status_code, error.detail, headers=error.headers)
     if isinstance(error, UnicodeDecodeError):
-        # Litestar lets it through from request parsing: invalid UTF-8 in a JSON body or a multipart text field
-        return ApiError(
-            400, f"the request has text that is not valid {error.encoding}: {error.reason}", code="invalid_encoding"
-        )
+        # Litestar lets it through from request parsing: invalid UTF-8 in a multipart text field
+        return _invalid_encoding(None)
     return ApiError(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", code="internal_error")
 
 
@@ -103,8 +103,56 @@ def _validation_error(error: ValidationException) -> ApiError:
     return ApiError(400, detail, code="invalid_request")
 
 
+def _invalid_encoding(param: str | None) -> ApiError:
+    where = f" in {param}" if param else ""
+    return ApiError(400, f"the request has text{where} that is not valid UTF-8", param=param, code="invalid_encoding")
+
+
+def _undecodable_field(text: str) -> str | None:
+    """The path (`metadata.note`, `items[2]`) of the first key or string in a JSON document whose bytes were not
+    UTF-8 (read with surrogateescape, so they show as lone surrogates); None when it cannot be told."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str) and _has_surrogates(value):
+            return path or None
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        children = []
+        for key, child in items:
+            name = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(key, str) else key
+            child_path = f"{path}[{name}]" if isinstance(key, int) else f"{path}.{name}" if path else str(name)
+            if isinstance(key, str) and _has_surrogates(key):
+                return child_path
+            children.append((child_path, child))
+        pending.extend(reversed(children))
+    return None
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= character <= "\udcff" for character in text)
+
+
+def _body_encoding_error(request: Request[Any, Any, Any]) -> ApiError | None:
+    """invalid_encoding for a request whose JSON body, as it was read, is not UTF-8: msgspec and Litestar refuse such
+    a body before the service sees it, each in words of its own."""
+    body = ScopeState.from_scope(request.scope).body
+    if not isinstance(body, bytes) or "json" not in request.headers.get("content-type", ""):
+        return None
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return _invalid_encoding(_undecodable_field(body.decode("utf-8", "surrogateescape")))
+    return None
+
+
 def handle_exception(request: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     api_error = as_api_error(error)
+    if 400 <= api_error.status < 500:
+        api_error = _body_encoding_error(request) or api_error
     if api_error.status >= 500:
         log.error(
             "request_failed",

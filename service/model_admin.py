@@ -20,7 +20,14 @@ class ModelAdmin:
         snapshot = await self.loader.snapshot(model)
         worker = self.loader.worker(model)
         gpu = worker.gpu_memory if worker is not None else None
-        return model_status(snapshot, spec, gpu.allocated_bytes if gpu else 0, gpu.reserved_bytes if gpu else 0)
+        return model_status(
+            snapshot,
+            spec,
+            gpu.allocated_bytes if gpu else 0,
+            gpu.reserved_bytes if gpu else 0,
+            self.catalog.probes.get(model),
+            self.catalog.unavailable.get(model),
+        )
 
     async def all_status(self) -> dict[str, dict[str, Any]]:
         return {model: await self.status(model) for model in self.catalog.specs}
@@ -33,9 +40,9 @@ class ModelAdmin:
         return counts
 
     async def load(self, model: str) -> dict[str, Any]:
-        self.catalog.get(model)
-        await self.loader.load(model)
-        return await self.status(model)
+        spec = self.catalog.resolve(model)
+        await self.loader.load(spec.id)
+        return await self.status(spec.id)
 
     async def unload(self, model: str) -> dict[str, Any]:
         self.catalog.get(model)

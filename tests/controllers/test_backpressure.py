@@ -28,8 +28,10 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 @asynccontextmanager
 async def busy(client: AppClient, text: str = "first") -> AsyncIterator[dict[str, int]]:
-    """One long request in flight while the test body runs; its status code lands in the dict."""
+    """One long request in flight while the test body runs; its status code lands in the dict. The model is loaded
+    first, so that no timeout under test counts its load."""
     result: dict[str, int] = {}
+    assert (await client.post("/api/v1/models/slow/load")).status_code == 200
 
     async def run() -> None:
         result["status"] = (await client.post("/v1/audio/speech", json=speech(text))).status_code

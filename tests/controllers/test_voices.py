@@ -13,6 +13,7 @@ import soundfile
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory
 from tests.support.audio import RATE, tone, wav_bytes
+from tests.support.checkouts import CHECKOUTS_ENV, example_voices
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -52,6 +53,22 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 def data_dir(tmp_path: Path) -> Path:
     """Where the `client` fixture's app keeps uploaded voices."""
     return tmp_path / "data"
+
+
+@pytest.mark.skipif(not example_voices(), reason=f"no Step-Audio-EditX checkout with examples ({CHECKOUTS_ENV})")
+async def test_every_real_example_clip_becomes_a_voice_at_its_length(client: AppClient) -> None:
+    """Upstream's examples: speech at 16, 24, 44.1 and 48 kHz, 16- and 24-bit, with English and Chinese transcripts."""
+    for index, example in enumerate(example_voices()):
+        name = f"example-{index}"
+        created = await upload(client, name, example.read(), transcript=example.transcript)
+        assert created.status_code == 201, (example.name, created.text)
+        voice = created.json()
+        assert voice["transcript"] == example.transcript
+        assert voice["sample_rate"] == RATE
+        assert voice["seconds"] == pytest.approx(example.seconds, abs=0.01)
+        audio = await client.get(f"/v1/voices/{name}/audio")
+        stored, rate = soundfile.read(io.BytesIO(audio.content))
+        assert (rate, len(stored) / rate) == (RATE, pytest.approx(example.seconds, abs=0.01))
 
 
 async def test_upload_list_get_audio_delete(client: AppClient, data_dir: Path) -> None:

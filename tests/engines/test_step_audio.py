@@ -7,20 +7,24 @@ import base64
 import io
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 import soundfile
 
+from service.app import create_app
 from service.catalog import Catalog, ModelSpec
 from service.lazy_loader import ModelPolicy
 from service.settings import Settings
-from tests.conftest import AppClient, ClientFactory
+from tests.conftest import AppClient, ClientFactory, serve
+from tests.support.checkouts import english_voice
 from tests.support.step_audio_standin import StandIn, write_standin
 
-pytestmark = [pytest.mark.anyio]
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group("step-audio-standin")]
 
 TRANSCRIPT = "This is the reference voice speaking."
 
@@ -31,11 +35,6 @@ def wav(seconds: float = 1.0, rate: int = 16000, channels: int = 1) -> bytes:
     output = io.BytesIO()
     soundfile.write(output, np.stack([tone] * channels, axis=1), rate, format="WAV")
     return output.getvalue()
-
-
-@pytest.fixture
-def standin(tmp_path: Path) -> StandIn:
-    return write_standin(tmp_path / "upstream")
 
 
 def step_model(standin: StandIn, variant: str = "bnb", **options: Any) -> ModelSpec:
@@ -53,16 +52,28 @@ def step_model(standin: StandIn, variant: str = "bnb", **options: Any) -> ModelS
     )
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data")
+@dataclass(frozen=True)
+class Reference:
+    audio: bytes
+    transcript: str
+    seconds: float
+
+
+def reference() -> Reference:
+    """The library voice the clones use: upstream's own English example (real speech, 44.1 kHz) when a checkout is
+    there (STEP_AUDIO_CHECKOUTS), else a 2 s stereo tone at 44.1 kHz."""
+    voice = english_voice()
+    if voice is not None:
+        return Reference(voice.read(), voice.transcript, voice.seconds)
+    return Reference(wav(2.0, 44100, channels=2), TRANSCRIPT, 2.0)
 
 
 async def add_voice(client: AppClient, name: str = "narrator") -> None:
+    voice = reference()
     response = await client.post(
         "/v1/voices",
-        data={"name": name, "transcript": TRANSCRIPT},
-        files={"audio": ("ref.wav", wav(2.0, 44100, channels=2), "audio/wav")},
+        data={"name": name, "transcript": voice.transcript},
+        files={"audio": ("ref.wav", voice.audio, "audio/wav")},
     )
     assert response.status_code == 201, response.text
 
@@ -72,109 +83,161 @@ def decoded(content: bytes) -> tuple[np.ndarray[Any, Any], int]:
     return audio, rate
 
 
-# ---- discovery (server side, nothing loaded)
+# ---- discovery (server side, nothing loaded) and loading
 
 
-def test_every_complete_variant_folder_becomes_a_model(standin: StandIn) -> None:
-    catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout))
-    assert {"step-audio-editx-base", "step-audio-editx-bnb", "step-audio-editx-awq"} <= set(catalog.specs)
-    assert catalog.resolve("step-audio-editx").id == "step-audio-editx-bnb"
-    assert catalog.unavailable == {}
-    spec = catalog.specs["step-audio-editx-awq"]
-    assert (spec.engine, spec.capabilities.sample_rate, spec.capabilities.device) == ("step-audio", 24000, "cuda")
-    assert "whisper" in spec.capabilities.edit_options["style"]
+class TestDiscoveryAndLoading:
+    """Each test gets a stand-in of its own: these change its folders, or load it afresh."""
 
+    @pytest.fixture
+    def standin(self, tmp_path: Path) -> StandIn:
+        return write_standin(tmp_path / "upstream")
 
-def test_missing_folders_are_reported_with_the_reason_not_served(standin: StandIn) -> None:
-    (standin.models / "Step-Audio-EditX-AWQ-4bit" / "CosyVoice-300M-25Hz" / "hift.pt").unlink()
-    (standin.models / "Step-Audio-EditX-bnb-4bit" / "config.json").unlink()
-    catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout, step_audio_variant="awq"))
-    assert "step-audio-editx-awq" not in catalog.specs
-    assert "hift.pt is missing" in catalog.unavailable["step-audio-editx-awq"]
-    assert "config.json is missing" in catalog.unavailable["step-audio-editx-bnb"]
-    assert catalog.resolve("step-audio-editx").id == "step-audio-editx-base"
+    @pytest.fixture
+    def settings(self, tmp_path: Path) -> Settings:
+        """Without the start-up import probe, unless a test is about it: each costs a process importing torch."""
+        return Settings(data_dir=tmp_path / "data", probe_engines=False)
 
+    def test_every_complete_variant_folder_becomes_a_model(self, standin: StandIn) -> None:
+        catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout))
+        assert {"step-audio-editx-base", "step-audio-editx-bnb", "step-audio-editx-awq"} <= set(catalog.specs)
+        assert catalog.resolve("step-audio-editx").id == "step-audio-editx-bnb"
+        assert catalog.unavailable == {}
+        spec = catalog.specs["step-audio-editx-awq"]
+        assert (spec.engine, spec.capabilities.sample_rate, spec.capabilities.device) == ("step-audio", 24000, "cuda")
+        assert "whisper" in spec.capabilities.edit_options["style"]
 
-def test_a_missing_funasr_folder_is_reported_because_upstream_would_download(standin: StandIn) -> None:
-    (standin.models / "Step-Audio-Tokenizer" / "dengcunqin").rename(standin.models / "elsewhere")
-    catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout))
-    assert not any(spec.engine == "step-audio" for spec in catalog.specs.values())
-    assert all("would download" in reason for reason in catalog.unavailable.values())
+    def test_missing_folders_are_reported_with_the_reason_not_served(self, standin: StandIn) -> None:
+        (standin.models / "Step-Audio-EditX-AWQ-4bit" / "CosyVoice-300M-25Hz" / "hift.pt").unlink()
+        (standin.models / "Step-Audio-EditX-bnb-4bit" / "config.json").unlink()
+        catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout, step_audio_variant="awq"))
+        assert "step-audio-editx-awq" not in catalog.specs
+        assert "hift.pt is missing" in catalog.unavailable["step-audio-editx-awq"]
+        assert "config.json is missing" in catalog.unavailable["step-audio-editx-bnb"]
+        assert catalog.resolve("step-audio-editx").id == "step-audio-editx-base"
 
+    def test_a_missing_funasr_folder_is_reported_because_upstream_would_download(self, standin: StandIn) -> None:
+        (standin.models / "Step-Audio-Tokenizer" / "dengcunqin").rename(standin.models / "elsewhere")
+        catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout))
+        assert not any(spec.engine == "step-audio" for spec in catalog.specs.values())
+        assert all("downloads it from the ModelScope hub" in reason for reason in catalog.unavailable.values())
 
-@pytest.mark.slow
-async def test_unavailable_variants_are_listed_by_the_api(
-    make_client: ClientFactory, standin: StandIn, tmp_path: Path
-) -> None:
-    (standin.checkout / "tts.py").unlink()
-    async with make_client(Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d")) as client:
-        body = (await client.get("/api/v1/models/unavailable")).json()
-    assert set(body) == {"step-audio-editx-base", "step-audio-editx-bnb", "step-audio-editx-awq"}
-    assert all("tts.py is missing" in reason for reason in body.values())
+    @pytest.mark.slow
+    async def test_funasr_models_that_did_not_register_make_the_checkout_unavailable_at_start_up(
+        self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
+    ) -> None:
+        """funasr_detach drops its submodules' import errors: the start-up probe finds the model missing and why."""
+        package = standin.checkout / "funasr_detach"
+        (package / "register.py").write_text("class T:\n    model_classes = {'Paraformer': 1}\n\n\ntables = T()\n")
+        streaming = package / "models" / "paraformer_streaming"
+        streaming.mkdir()
+        (streaming / "__init__.py").write_text("")
+        (streaming / "model.py").write_text("import six_is_not_installed\n")
+        async with make_client(Settings(data_dir=tmp_path / "data"), (step_model(standin),)) as client:
+            with anyio.fail_after(60):
+                while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
+                    "engine_probe"
+                ] == "pending":
+                    await anyio.sleep(0.1)
+            listed = (await client.get("/api/v1/models/unavailable")).json()
+            refused = await client.post("/api/v1/models/sa-bnb/load")
+        assert status["engine_probe"] == "failed"
+        reason = listed["sa-bnb"]
+        assert "FunASR's ParaformerStreaming is not registered" in reason
+        assert "importing funasr_detach.models.paraformer_streaming.model fails" in reason
+        assert "six_is_not_installed" in reason
+        assert refused.status_code == 503
+        assert reason in refused.json()["error"]["message"]
+        assert standin.calls() == []
 
+    @pytest.mark.slow
+    async def test_unavailable_variants_are_listed_by_the_api(
+        self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
+    ) -> None:
+        (standin.checkout / "tts.py").unlink()
+        async with make_client(Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d")) as client:
+            body = (await client.get("/api/v1/models/unavailable")).json()
+        assert set(body) == {"step-audio-editx-base", "step-audio-editx-bnb", "step-audio-editx-awq"}
+        assert all("tts.py is missing" in reason for reason in body.values())
 
-# ---- loading
+    # ---- loading
 
+    @pytest.mark.slow
+    async def test_without_a_gpu_the_load_fails_cleanly_and_says_why(
+        self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
+    ) -> None:
+        async with make_client(
+            Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d", probe_engines=False)
+        ) as client:
+            await add_voice(client)
+            response = await client.post(
+                "/v1/audio/speech", json={"model": "step-audio-editx", "input": "Hi", "voice": "narrator"}
+            )
+            assert response.status_code == 503
+            message = response.json()["error"]["message"]
+            assert "needs an NVIDIA GPU" in message
+            assert "Traceback" not in message
+            status = (await client.get("/api/v1/models/step-audio-editx-bnb/status")).json()
+            assert status["state"] == "failed"
+            assert "needs an NVIDIA GPU" in status["last_error"]
+            assert status["pid"] is None
+        assert standin.calls() == []
 
-@pytest.mark.slow
-async def test_without_a_gpu_the_load_fails_cleanly_and_says_why(
-    make_client: ClientFactory, standin: StandIn, tmp_path: Path
-) -> None:
-    async with make_client(Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d")) as client:
-        await add_voice(client)
-        response = await client.post(
-            "/v1/audio/speech", json={"model": "step-audio-editx", "input": "Hi", "voice": "narrator"}
-        )
-        assert response.status_code == 503
-        message = response.json()["error"]["message"]
-        assert "needs an NVIDIA GPU" in message
-        assert "Traceback" not in message
-        status = (await client.get("/api/v1/models/step-audio-editx-bnb/status")).json()
-        assert status["state"] == "failed"
-        assert "needs an NVIDIA GPU" in status["last_error"]
-        assert status["pid"] is None
-    assert standin.calls() == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("variant", "folder", "quantization"),
-    [
-        ("base", "Step-Audio-EditX", None),
-        ("bnb", "Step-Audio-EditX-bnb-4bit", "int4"),
-        ("awq", "Step-Audio-EditX-AWQ-4bit", "awq-4bit"),
-    ],
-)
-async def test_each_variant_loads_its_folder_with_its_quantization(
-    make_client: ClientFactory,
-    standin: StandIn,
-    settings: Settings,
-    variant: str,
-    folder: str,
-    quantization: str | None,
-) -> None:
-    async with make_client(settings, (step_model(standin, variant),)) as client:
-        response = await client.post(f"/api/v1/models/sa-{variant}/load")
-        assert response.status_code == 200, response.text
-    (tokenizer,) = standin.calls_named("StepAudioTokenizer")
-    assert tokenizer["encoder_path"] == str(standin.models / "Step-Audio-Tokenizer")
-    assert tokenizer["model_source"] == "local"
-    assert tokenizer["funasr_exists"] is True
-    (tts,) = standin.calls_named("StepAudioTTS")
-    assert tts["model_path"] == str(standin.models / folder)
-    assert tts["quantization_config"] == quantization
-    assert (tts["model_source"], tts["device_map"], tts["torch_dtype"]) == ("local", "cuda", "torch.bfloat16")
-    assert tts["tokenizer"] == "StepAudioTokenizer"
+    @pytest.mark.slow
+    @pytest.mark.parametrize(
+        ("variant", "folder", "quantization"),
+        [
+            ("base", "Step-Audio-EditX", None),
+            ("bnb", "Step-Audio-EditX-bnb-4bit", "int4"),
+            ("awq", "Step-Audio-EditX-AWQ-4bit", "awq-4bit"),
+        ],
+    )
+    async def test_each_variant_loads_its_folder_with_its_quantization(
+        self,
+        make_client: ClientFactory,
+        standin: StandIn,
+        settings: Settings,
+        variant: str,
+        folder: str,
+        quantization: str | None,
+    ) -> None:
+        async with make_client(settings, (step_model(standin, variant),)) as client:
+            response = await client.post(f"/api/v1/models/sa-{variant}/load")
+            assert response.status_code == 200, response.text
+        (tokenizer,) = standin.calls_named("StepAudioTokenizer")
+        assert tokenizer["encoder_path"] == str(standin.models / "Step-Audio-Tokenizer")
+        assert tokenizer["model_source"] == "local"
+        assert tokenizer["funasr_exists"] is True
+        (tts,) = standin.calls_named("StepAudioTTS")
+        assert tts["model_path"] == str(standin.models / folder)
+        assert tts["quantization_config"] == quantization
+        assert (tts["model_source"], tts["device_map"], tts["torch_dtype"]) == ("local", "cuda", "torch.bfloat16")
+        assert tts["tokenizer"] == "StepAudioTokenizer"
 
 
 # ---- cloning through the OpenAI route
 
 
-@pytest.fixture
-async def step_client(make_client: ClientFactory, standin: StandIn, settings: Settings) -> AsyncIterator[AppClient]:
-    async with make_client(settings, (step_model(standin, default_voice="narrator"),)) as client:
+@pytest.fixture(scope="module")
+def shared_standin(tmp_path_factory: pytest.TempPathFactory) -> StandIn:
+    return write_standin(tmp_path_factory.mktemp("standin"))
+
+
+@pytest.fixture(scope="module")
+async def step_client(shared_standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AppClient]:
+    """One server for the rest of this module, its stand-in model loaded once and a library voice added."""
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), probe_engines=False)
+    async with serve(create_app(settings, (step_model(shared_standin, default_voice="narrator"),))) as client:
         await add_voice(client)
+        assert (await client.post("/api/v1/models/sa-bnb/load")).status_code == 200
         yield client
+
+
+@pytest.fixture
+def standin(shared_standin: StandIn, step_client: AppClient) -> StandIn:
+    """The loaded stand-in, its record of calls emptied for the test."""
+    shared_standin.forget_calls()
+    return shared_standin
 
 
 @pytest.mark.slow
@@ -191,11 +254,11 @@ async def test_clone_sends_the_voice_clip_and_transcript_and_returns_24_khz(
     assert rate == 24000
     assert len(audio) / rate == pytest.approx(0.5 + 0.05 * len("Say this."), abs=0.01)
     (clone,) = standin.calls_named("clone")
-    assert clone["prompt_text"] == TRANSCRIPT
+    assert clone["prompt_text"] == reference().transcript
     assert clone["target_text"] == "Say this."
     assert clone["prompt"]["exists"] is True
     assert (clone["prompt"]["rate"], clone["prompt"]["channels"]) == (24000, 1)
-    assert clone["prompt"]["seconds"] == pytest.approx(2.0, abs=0.01)
+    assert clone["prompt"]["seconds"] == pytest.approx(reference().seconds, abs=0.01)
     assert not Path(clone["prompt"]["path"]).exists()
 
 

@@ -35,6 +35,9 @@ from service.workers import WorkerProcess, WorkerSpec
 from tests.conftest import ClientFactory
 from tests.support.tiny_models import TINY_VITS_SAMPLE_RATE, build_tiny_vits, vits_samples
 
+# one test process builds the tiny models (importing torch and transformers) for the whole module
+pytestmark = pytest.mark.xdist_group("tiny-vits")
+
 FIRST = "Hello there."
 SECOND = "This is the second sentence, isn't it?"
 TWO_SENTENCES = f"{FIRST} {SECOND}"

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engines.step_audio import FUNASR_FOLDER, TOKENIZER_FOLDER, VARIANT_FOLDERS, VOCODER_FILES
+from service.engines.step_audio import (
+    FUNASR_FOLDER,
+    FUNASR_MODELS,
+    TOKENIZER_FILES,
+    TOKENIZER_FOLDER,
+    VARIANT_FOLDERS,
+    VOCODER_FILES,
+)
 
 _RECORDER = """
 import json
@@ -88,6 +96,18 @@ class StepAudioTTS:
 )
 
 
+def _write_funasr_registry(checkout: Path) -> None:
+    """funasr_detach as far as the adapter looks at it: a registry in which the Paraformer models are registered."""
+    package = checkout / "funasr_detach"
+    (package / "models").mkdir(parents=True)
+    for init in (package / "__init__.py", package / "models" / "__init__.py"):
+        init.write_text("")
+    registered = dict.fromkeys(FUNASR_MODELS, "object")
+    (package / "register.py").write_text(
+        f"class RegisterTables:\n    model_classes = {registered!r}\n\n\ntables = RegisterTables()\n"
+    )
+
+
 @dataclass(frozen=True)
 class StandIn:
     checkout: Path
@@ -102,25 +122,58 @@ class StandIn:
             return []
         return [json.loads(line) for line in path.read_text().splitlines()]
 
+    def forget_calls(self) -> None:
+        (self.checkout / "calls.jsonl").unlink(missing_ok=True)
+
     def calls_named(self, name: str) -> list[dict[str, Any]]:
         return [call for call in self.calls() if call["call"] == name]
 
 
+# what the FunASR folder's configuration.json maps to files, as FunASR's published models have it
+FUNASR_FILE_PATH_METAS = {
+    "init_param": "model.pt",
+    "config": "config.yaml",
+    "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"},
+    "frontend_conf": {"cmvn_file": "am.mvn"},
+}
+LLM_AUTO_MAP = {
+    "AutoConfig": "configuration_step1.Step1Config",
+    "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM",
+}
+
+
+def placeholder_files(folder: Path, names: Iterable[str]) -> None:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+
+
+def write_placeholder_models(models: Path) -> Path:
+    """A models folder laid out as Step-Audio-EditX's published weights are, every file the adapter checks for in
+    place, each an empty placeholder (the JSON files that name other files are real): a load gets past the checks
+    and the imports, and stops where the first upstream constructor reads weights."""
+    tokenizer = models / TOKENIZER_FOLDER
+    placeholder_files(tokenizer, TOKENIZER_FILES)
+    funasr = tokenizer / FUNASR_FOLDER
+    funasr.mkdir(parents=True)
+    (funasr / "configuration.json").write_text(json.dumps({"file_path_metas": FUNASR_FILE_PATH_METAS}))
+    placeholder_files(funasr, ("model.pt", "config.yaml", "tokens.json", "seg_dict", "am.mvn"))
+    for folder in VARIANT_FOLDERS.values():
+        variant = models / folder
+        variant.mkdir(parents=True)
+        (variant / "config.json").write_text(json.dumps({"auto_map": LLM_AUTO_MAP}))
+        placeholder_files(variant, ("configuration_step1.py", "modeling_step1.py", "model.safetensors"))
+        placeholder_files(variant, ("tokenizer_config.json", "tokenizer.json"))
+        placeholder_files(variant / "CosyVoice-300M-25Hz", VOCODER_FILES)
+    return models
+
+
 def write_standin(root: Path) -> StandIn:
-    """A checkout with the upstream's module names and a complete models/ folder of empty placeholder files."""
+    """A checkout with the upstream's module names and a complete models/ folder of placeholder files."""
     checkout = root / "Step-Audio-EditX"
     checkout.mkdir(parents=True)
     (checkout / "tokenizer.py").write_text(textwrap.dedent(_TOKENIZER))
     (checkout / "tts.py").write_text(textwrap.dedent(_TTS))
-    models = checkout / "models"
-    tokenizer = models / TOKENIZER_FOLDER
-    (tokenizer / FUNASR_FOLDER).mkdir(parents=True)
-    for name in ("linguistic_tokenizer.npy", "speech_tokenizer_v1.onnx"):
-        (tokenizer / name).write_bytes(b"")
-    for folder in VARIANT_FOLDERS.values():
-        vocoder = models / folder / "CosyVoice-300M-25Hz"
-        vocoder.mkdir(parents=True)
-        (models / folder / "config.json").write_text("{}")
-        for name in VOCODER_FILES:
-            (vocoder / name).write_bytes(b"")
+    _write_funasr_registry(checkout)
+    write_placeholder_models(checkout / "models")
     return StandIn(checkout)

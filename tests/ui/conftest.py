@@ -1,16 +1,19 @@
-"""Browser tests: Debian's Chromium (scripts/install_browser.sh) driven by Playwright's sync API, against a real
+"""Browser tests: Debian's Chromium (scripts/install_system_packages.sh) driven by Playwright's sync API, against a real
 `python -m service` started by the `start_server` fixture. Playwright's own browser download is never used."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, ViewportSize, expect, sync_playwright
+
+from tests.support.checkouts import example_voices
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -21,12 +24,15 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+# as long as an action may take: the suite runs on every core at once, and a first request may load a model
+TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)
 PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 def launch(playwright: Playwright) -> Browser:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run scripts/install_browser.sh (as root) or `make test`")
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install_system_packages.sh (as root) or `make test`")
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
@@ -42,7 +48,7 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh browser context; a script error or a failed asset load on any page fails the test."""
     context = browser.new_context(viewport=DESKTOP)
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
@@ -66,3 +72,23 @@ def speech_wav(seconds: float = 2.0, rate: int = 22050) -> bytes:
     output = io.BytesIO()
     soundfile.write(output, samples, rate, format="WAV")
     return output.getvalue()
+
+
+@dataclass(frozen=True)
+class SpeechClip:
+    """A reference clip written to disk, with what it says."""
+
+    path: Path
+    transcript: str
+    seconds: float
+
+
+def speech_clip(path: Path, example: str, fallback_seconds: float = 2.0, fallback_rate: int = 22050) -> SpeechClip:
+    """Upstream's real recording `example` (examples/<example>.wav) when a Step-Audio-EditX checkout is there
+    (STEP_AUDIO_CHECKOUTS), else a textured tone of `fallback_seconds`."""
+    voice = next((voice for voice in example_voices() if voice.name == example), None)
+    if voice is None:
+        path.write_bytes(speech_wav(fallback_seconds, fallback_rate))
+        return SpeechClip(path, "What the reference says.", fallback_seconds)
+    path.write_bytes(voice.read())
+    return SpeechClip(path, voice.transcript, voice.seconds)

@@ -15,12 +15,11 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from tests.conftest import ServerProcess
 from tests.support.step_audio_standin import StandIn, write_standin
-from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, speech_wav
+from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SpeechClip, speech_clip
 
 pytestmark = pytest.mark.slow
 
 StartServer = Callable[..., ServerProcess]
-NARRATOR_TRANSCRIPT = "This is the narrator speaking clearly."
 
 AUDIO_DURATION = """
 (selector) => new Promise((resolve, reject) => {
@@ -117,7 +116,9 @@ def test_a_slow_load_shows_progress_against_the_last_load(
 
     httpx.post(f"{server.base_url}/api/v1/models/slow-tone/unload").raise_for_status()
     page.click("#speak-button")
-    expect(detail).to_contain_text(re.compile(r"Loading slow-tone first: \d\.\d s of about 2\.\d s \(its last load\)"))
+    expect(detail).to_contain_text(
+        re.compile(r"Loading slow-tone first: \d+\.\d s of about \d+\.\d s \(its last load\)")
+    )
     expect(page.locator("[data-progress] progress")).to_have_attribute("max", "1")
     expect(page.locator("[data-fact=cold]")).to_contain_text("cold start")
 
@@ -179,8 +180,7 @@ def test_models_page_follows_loads_and_unloads_live(start_server: StartServer, p
 
 
 def test_upload_listen_to_and_delete_a_voice(start_server: StartServer, page: Page, tmp_path: Path) -> None:
-    clip = tmp_path / "me.wav"
-    clip.write_bytes(speech_wav(2.0))
+    clip = speech_clip(tmp_path / "me.wav", "en_happy_prompt")
     server = start_server()
     page.goto(server.base_url + "/voices")
     expect(page.locator("#voices-list")).to_contain_text("No voices yet")
@@ -188,25 +188,25 @@ def test_upload_listen_to_and_delete_a_voice(start_server: StartServer, page: Pa
     page.fill("#voice-name", "my-voice")
     page.click("#voice-form button[type=submit]")
     expect(page.locator("#voice-audio-error")).to_contain_text("choose an audio file or record one")
-    page.set_input_files("#voice-audio", str(clip))
+    page.set_input_files("#voice-audio", str(clip.path))
     page.click("#voice-form button[type=submit]")
     expect(page.locator("#voice-transcript-error")).to_contain_text("transcript must say what the clip says")
     expect(page.locator("#voice-audio-error")).to_be_hidden()
 
-    page.fill("#voice-transcript", "Hello, this is my voice.")
+    page.fill("#voice-transcript", clip.transcript)
     page.click("#voice-form button[type=submit]")
     voice = page.locator('li[data-voice="my-voice"]')
     expect(voice).to_be_visible()
-    expect(voice).to_contain_text("Hello, this is my voice.")
+    expect(voice).to_contain_text(clip.transcript)
     expect(page.locator("#voices-message")).to_contain_text("Added voice my-voice")
     expect(page.locator("#voice-name")).to_have_value("")
-    assert audio_duration(page, 'li[data-voice="my-voice"] audio') == pytest.approx(2.0, abs=0.05)
+    assert audio_duration(page, 'li[data-voice="my-voice"] audio') == pytest.approx(clip.seconds, abs=0.05)
     listed = httpx.get(f"{server.base_url}/v1/voices").json()["data"]
     assert [entry["name"] for entry in listed] == ["my-voice"]
 
     page.fill("#voice-name", "my-voice")
     page.fill("#voice-transcript", "Again.")
-    page.set_input_files("#voice-audio", str(clip))
+    page.set_input_files("#voice-audio", str(clip.path))
     page.click("#voice-form button[type=submit]")
     expect(page.locator("#voice-name-error")).to_contain_text("exists already")
 
@@ -260,9 +260,14 @@ def test_the_edit_page_says_when_no_model_edits(start_server: StartServer, page:
 
 
 @pytest.fixture
-def step_audio_server(start_server: StartServer, tmp_path: Path) -> tuple[ServerProcess, StandIn]:
+def narrator(tmp_path: Path) -> SpeechClip:
+    """The library's preset voice in the editing tests."""
+    return speech_clip(tmp_path / "narrator.wav", "zero_shot_en_prompt", fallback_rate=24000)
+
+
+@pytest.fixture
+def step_audio_server(start_server: StartServer, tmp_path: Path, narrator: SpeechClip) -> tuple[ServerProcess, StandIn]:
     standin = write_standin(tmp_path / "upstream")
-    (tmp_path / "narrator.wav").write_bytes(speech_wav(2.0, 24000))
     config = models_toml(
         tmp_path / "models.toml",
         f"""
@@ -278,10 +283,10 @@ def step_audio_server(start_server: StartServer, tmp_path: Path) -> tuple[Server
         [[voices]]
         name = "narrator"
         audio = "narrator.wav"
-        transcript = "{NARRATOR_TRANSCRIPT}"
+        transcript = "{narrator.transcript}"
         """,
     )
-    return start_server("--models-config", str(config)), standin
+    return start_server("--models-config", str(config), "--probe-engines", "false"), standin
 
 
 def apply_edit(page: Page, mode: str, value: str | None = None, times: int = 1) -> None:
@@ -294,12 +299,12 @@ def apply_edit(page: Page, mode: str, value: str | None = None, times: int = 1) 
     expect(page.locator(".steps > li")).to_have_count(steps + 1)
 
 
-def check_standin_calls(standin: StandIn, step0: float, step1: float) -> None:
+def check_standin_calls(standin: StandIn, reference: SpeechClip, step0: float, step1: float) -> None:
     """What the upstream classes were called with, in order: the clone, then every edit on the step before it."""
     (clone,) = standin.calls_named("clone")
-    assert clone["prompt_text"] == "What the reference says."
+    assert clone["prompt_text"] == reference.transcript
     assert clone["target_text"] == "[Japanese]Good morning, everyone."
-    assert clone["prompt"]["seconds"] == pytest.approx(1.5, abs=0.01)
+    assert clone["prompt"]["seconds"] == pytest.approx(reference.seconds, abs=0.01)
     edits = standin.calls_named("edit")
     assert [(call["edit_type"], call["edit_info"]) for call in edits] == [
         ("emotion", "happy"),
@@ -316,13 +321,13 @@ def check_standin_calls(standin: StandIn, step0: float, step1: float) -> None:
     )
 
 
-def start_from_an_upload(page: Page, base_url: str, reference: Path) -> None:
+def start_from_an_upload(page: Page, base_url: str, reference: SpeechClip) -> None:
     page.goto(base_url + "/edit")
     expect(page.locator("#edit-model")).to_have_value("sa-standin")
     options = page.locator("#language option").all_inner_texts()
     assert options == ["As written", "Sichuanese", "Cantonese", "Japanese", "Korean"]
-    page.set_input_files("#reference", str(reference))
-    page.fill("#reference_text", "What the reference says.")
+    page.set_input_files("#reference", str(reference.path))
+    page.fill("#reference_text", reference.transcript)
     page.fill("#target_text", "Good morning, everyone.")
     page.select_option("#language", "[Japanese]")
     page.click("#start-form button[type=submit]")
@@ -332,8 +337,7 @@ def test_clone_then_edit_step_by_step_and_step_back(
     step_audio_server: tuple[ServerProcess, StandIn], page: Page, tmp_path: Path
 ) -> None:
     server, standin = step_audio_server
-    reference = tmp_path / "reference.wav"
-    reference.write_bytes(speech_wav(1.5, 44100))
+    reference = speech_clip(tmp_path / "reference.wav", "en_happy_prompt", 1.5, 44100)
     start_from_an_upload(page, server.base_url, reference)
     current = page.locator(".step--current")
     expect(current).to_contain_text("Step 0: Cloned voice")
@@ -378,7 +382,7 @@ def test_clone_then_edit_step_by_step_and_step_back(
     assert href is not None
     assert httpx.get(server.base_url + href).headers["content-type"] == "audio/wav"
 
-    check_standin_calls(standin, step0, step1)
+    check_standin_calls(standin, reference, step0, step1)
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#start-over")
@@ -387,7 +391,7 @@ def test_clone_then_edit_step_by_step_and_step_back(
 
 
 def test_start_from_a_library_voice_and_edit_the_clip_itself(
-    step_audio_server: tuple[ServerProcess, StandIn], page: Page
+    step_audio_server: tuple[ServerProcess, StandIn], page: Page, narrator: SpeechClip
 ) -> None:
     server, standin = step_audio_server
     page.goto(server.base_url + "/edit")
@@ -396,7 +400,7 @@ def test_start_from_a_library_voice_and_edit_the_clip_itself(
     page.select_option("#edit-voice", "narrator")
     page.click("#start-form button[type=submit]")
     expect(page.locator(".step--current")).to_contain_text("Step 0: Reference clip")
-    expect(page.locator(".step--current")).to_contain_text(NARRATOR_TRANSCRIPT)
+    expect(page.locator(".step--current")).to_contain_text(narrator.transcript)
     # Back and Forward restore whole pages (htmx asks for them again), not bare partials
     page.go_back()
     expect(page.locator("#start-form")).to_be_visible()
@@ -404,12 +408,12 @@ def test_start_from_a_library_voice_and_edit_the_clip_itself(
     page.go_forward()
     expect(page.locator(".step--current")).to_contain_text("Step 0: Reference clip")
     expect(page.locator("nav a[aria-current=page]")).to_have_text("Clone & edit")
-    assert audio_duration(page, '[data-step="0"] audio') == pytest.approx(2.0, abs=0.02)
+    assert audio_duration(page, '[data-step="0"] audio') == pytest.approx(narrator.seconds, abs=0.02)
 
     apply_edit(page, "speed", "faster")
     assert standin.calls_named("clone") == []
     (edit,) = standin.calls_named("edit")
-    assert (edit["edit_type"], edit["edit_info"], edit["audio_text"]) == ("speed", "faster", NARRATOR_TRANSCRIPT)
+    assert (edit["edit_type"], edit["edit_info"], edit["audio_text"]) == ("speed", "faster", narrator.transcript)
 
     # an edit the server refuses shows its error next to the field it names
     page.select_option("#mode", "paralinguistic")
