@@ -337,15 +337,14 @@ def _from_pretrained_kwargs(options: TransformersOptions, *, quantize: bool = Tr
         from transformers import BitsAndBytesConfig
 
         if options.quantization == "4bit":
-            # transformers declares no parameter types for BitsAndBytesConfig.__init__
-            kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=_torch_dtype(options),
             )
         else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         kwargs["device_map"] = {"": options.device}
     return kwargs
 
@@ -456,10 +455,7 @@ class _BarkBackend:
         from transformers.models.bark.processing_bark import BarkProcessor
 
         self._device = options.device
-        # transformers declares no parameter types for BarkProcessor.from_pretrained
-        self._processor = BarkProcessor.from_pretrained(  # type: ignore[no-untyped-call]
-            options.path, local_files_only=True
-        )
+        self._processor = BarkProcessor.from_pretrained(options.path, local_files_only=True)
         self._model = BarkModel.from_pretrained(options.path, **_from_pretrained_kwargs(options))
         _place(self._model, options.device, quantized=options.quantization is not None)
 
