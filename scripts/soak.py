@@ -89,6 +89,7 @@ KEEP_ALIVES: tuple[str | float | None, ...] = (None, None, None, None, "30s", 0,
 @dataclass
 class Settings:
     seconds: float
+    min_requests: int
     clients: int
     max_loaded_models: int
     generation_timeout: float
@@ -256,11 +257,16 @@ async def send(http: httpx.AsyncClient, request: Request) -> tuple[int, bool]:
         return r.status_code, False
 
 
+def keep_sending(deadline: float, settings: Settings, tally: Tally) -> bool:
+    """Clients send until the time is up and at least the minimum number of requests went out."""
+    return time.monotonic() < deadline or tally.sent < settings.min_requests
+
+
 async def client_loop(base_url: str, deadline: float, rng: random.Random, settings: Settings, tally: Tally) -> None:
     models = await served_models(base_url)
     timeout = httpx.Timeout(settings.client_timeout)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as http:
-        while time.monotonic() < deadline:
+        while keep_sending(deadline, settings, tally):
             request = choose(rng, models, settings)
             tally.sent += 1
             try:
@@ -308,16 +314,20 @@ async def admin(http: httpx.AsyncClient, action: str, model: str, chaos: Chaos, 
 
 
 async def chaos_loop(
-    base_url: str, server: int, deadline: float, rng: random.Random, settings: Settings, chaos: Chaos
+    base_url: str, server: int, clients_done: anyio.Event, rng: random.Random, settings: Settings, chaos: Chaos
 ) -> None:
-    """Every so often: load or unload a model through the API, or SIGKILL one of the server's workers."""
+    """Until the clients are done, every so often: load or unload a model through the API, or SIGKILL one of the
+    server's workers."""
     models = [model for model in await served_models(base_url) if model != "tts-1"]
     async with (
         httpx.AsyncClient(base_url=base_url, timeout=settings.client_timeout) as http,
         anyio.create_task_group() as group,
     ):
-        while time.monotonic() < deadline:
-            await anyio.sleep(rng.uniform(0.5, 1.5) * settings.chaos_interval)
+        while not clients_done.is_set():
+            with anyio.move_on_after(rng.uniform(0.5, 1.5) * settings.chaos_interval):
+                await clients_done.wait()
+            if clients_done.is_set():
+                break
             action = rng.choice(("load", "unload", "kill", "kill"))
             if action != "kill":
                 group.start_soon(admin, http, action, rng.choice(models), chaos, settings.client_timeout)
@@ -478,14 +488,16 @@ async def soak(settings: Settings, server: Server) -> dict[str, Any]:
     rng = random.Random(settings.seed)  # noqa: S311 - test traffic, not cryptography
     started = time.monotonic()
     deadline = started + settings.seconds
-    stop = anyio.Event()
+    stop, clients_done = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(watch_processes, server.pid, stop, processes)
         async with anyio.create_task_group() as load:
-            for index in range(settings.clients):
-                client_rng = random.Random(settings.seed * 1000 + index)  # noqa: S311
-                load.start_soon(client_loop, server.base_url, deadline, client_rng, settings, tally)
-            load.start_soon(chaos_loop, server.base_url, server.pid, deadline, rng, settings, chaos)
+            load.start_soon(chaos_loop, server.base_url, server.pid, clients_done, rng, settings, chaos)
+            async with anyio.create_task_group() as clients:
+                for index in range(settings.clients):
+                    client_rng = random.Random(settings.seed * 1000 + index)  # noqa: S311
+                    clients.start_soon(client_loop, server.base_url, deadline, client_rng, settings, tally)
+            clients_done.set()
         duration = time.monotonic() - started
         await unload_everything(server)
         stop.set()
@@ -653,6 +665,9 @@ def markdown(report: dict[str, Any]) -> str:
 def parse_arguments(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long clients send requests (default 60)")
+    parser.add_argument(
+        "--min-requests", type=int, default=0, help="keep sending past --seconds until this many went out (default 0)"
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--models-config", type=Path, help="models file for the server (default: one written here)")
     parser.add_argument("--max-loaded-models", type=int, default=2)
@@ -673,6 +688,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[Settings, argparse.Namespac
     arguments = parser.parse_args(argv)
     settings = Settings(
         seconds=arguments.seconds,
+        min_requests=arguments.min_requests,
         clients=arguments.clients,
         max_loaded_models=arguments.max_loaded_models,
         generation_timeout=arguments.generation_timeout,

@@ -163,6 +163,10 @@ class Catalog:
             raise ModelNotServable(spec.id, self.unavailable[spec.id])
         return spec
 
+    def servable(self) -> list[ModelSpec]:
+        """The models requests may use: all but those whose import probe failed."""
+        return [spec for spec in self.specs.values() if spec.id not in self.unavailable]
+
     def probe_groups(self) -> list[tuple[ModelSpec, list[str]]]:
         """Models whose engine has an import probe, grouped by what the probe depends on: one spec to probe with and
         the ids the answer is for. Their probe is pending from now on."""
@@ -193,7 +197,7 @@ class Catalog:
         """The model an edit request names, or the default model if it edits, else the first that does."""
         if name is not None:
             return self.resolve(name)
-        editors = [spec for spec in self.specs.values() if spec.edits]
+        editors = [spec for spec in self.servable() if spec.edits]
         default = self.specs[self.default_model]
         if default.edits:
             return default

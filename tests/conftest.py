@@ -31,6 +31,17 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 2 * (os.cpu_count() or 1)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a test process under `--dist loadgroup`: every test marked `xdist_group` must carry its group in its node
+    id, which is how pytest-xdist keeps a group on one process. A pytest that xdist cannot rename items in would
+    spread the groups silently (each spread test loads its own model); refuse to run instead."""
+    if not hasattr(session.config, "workerinput") or not session.config.getoption("loadgroup", default=False):
+        return
+    lost = [item.nodeid for item in session.items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"pytest-xdist could not group {len(lost)} tests, e.g. {lost[0]}")
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
@@ -57,14 +68,28 @@ class AppClient(httpx.AsyncClient):
 @asynccontextmanager
 async def serve(app: Litestar) -> AsyncIterator[AppClient]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
+    stopped = anyio.Event()
+
+    async def run() -> None:
+        try:
+            await server.serve()
+        finally:
+            stopped.set()
+
     async with anyio.create_task_group() as group:
-        group.start_soon(server.serve)
+        group.start_soon(run)
         with anyio.fail_after(30):
             while not server.started:
                 await anyio.sleep(0.01)
-        async with AppClient(app, f"http://127.0.0.1:{server.config.port}") as client:
-            yield client
-        server.should_exit = True
+        try:
+            async with AppClient(app, f"http://127.0.0.1:{server.config.port}") as client:
+                yield client
+        finally:
+            # a clean stop also when the test failed: a server cancelled instead leaves its listening socket to the
+            # garbage collector, whose ResourceWarning then fails whichever test happens to run next
+            server.should_exit = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+                await stopped.wait()
 
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]

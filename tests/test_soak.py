@@ -21,7 +21,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 def test_a_short_soak_passes_every_check(tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
-    command = [sys.executable, "scripts/soak.py", "--seconds", "15", "--seed", "7", "--json", str(report_path)]
+    command = [
+        sys.executable,
+        "scripts/soak.py",
+        "--seconds",
+        "15",
+        "--min-requests",
+        "50",
+        "--seed",
+        "7",
+        "--json",
+        str(report_path),
+    ]
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180, check=False)
     assert report_path.exists(), result.stderr[-4000:]
     report = json.loads(report_path.read_text())

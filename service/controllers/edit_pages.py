@@ -104,7 +104,7 @@ class EditPagesController(Controller):
     dependencies = {"history": Provide(provide_history, sync_to_thread=False)}  # noqa: RUF012
 
     async def _start_context(self, catalog: Catalog, voices: VoiceLibrary, settings: Settings) -> dict[str, Any]:
-        editors = [spec for spec in catalog.specs.values() if spec.edits]
+        editors = [spec for spec in catalog.servable() if spec.edits]
         return {
             "editors": editors,
             "default_editor": catalog.editing_model(None).id if editors else None,

@@ -154,8 +154,7 @@ class OpenAIController(Controller):
     async def list_models(self, catalog: NamedDependency[Catalog]) -> dict[str, Any]:
         """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
         entries = [
-            {"id": spec.id, "object": "model", "created": 0, "owned_by": spec.owned_by}
-            for spec in catalog.specs.values()
+            {"id": spec.id, "object": "model", "created": 0, "owned_by": spec.owned_by} for spec in catalog.servable()
         ]
         aliases = [
             {"id": alias, "object": "model", "created": 0, "owned_by": "alias:" + target}

@@ -99,7 +99,7 @@ def fragment(template: str, context: Mapping[str, Any], **headers: str) -> Templ
 
 def model_choices(catalog: Catalog) -> list[ModelSpec]:
     """The catalog's models, the default one first."""
-    specs = list(catalog.specs.values())
+    specs = catalog.servable()
     return sorted(specs, key=lambda spec: (spec.id != catalog.default_model, spec.id))
 
 

@@ -24,7 +24,7 @@ from service.voices import MAX_TRANSCRIPT_CHARS, VoiceLibrary
 
 async def library_context(voices: VoiceLibrary, catalog: Catalog, settings: Settings) -> dict[str, Any]:
     listed = await anyio.to_thread.run_sync(voices.all)
-    cloning = [spec.id for spec in catalog.specs.values() if spec.capabilities.clones]
+    cloning = [spec.id for spec in catalog.servable() if spec.capabilities.clones]
     return {
         "voices": listed,
         "cloning_models": cloning,

@@ -140,12 +140,14 @@ class TestDiscoveryAndLoading:
                 ] == "pending":
                     await anyio.sleep(0.1)
             listed = (await client.get("/api/v1/models/unavailable")).json()
+            offered = [model["id"] for model in (await client.get("/v1/models")).json()["data"]]
             refused = await client.post("/api/v1/models/sa-bnb/load")
         assert status["engine_probe"] == "failed"
         reason = listed["sa-bnb"]
         assert "FunASR's ParaformerStreaming is not registered" in reason
         assert "importing funasr_detach.models.paraformer_streaming.model fails" in reason
         assert "six_is_not_installed" in reason
+        assert "sa-bnb" not in offered
         assert refused.status_code == 503
         assert reason in refused.json()["error"]["message"]
         assert standin.calls() == []

@@ -36,6 +36,9 @@ from tests.support.step_audio_standin import write_placeholder_models
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
+# a load imports torch, transformers, FunASR and the checkout: half a minute alone, minutes beside the whole suite
+LOAD_TIMEOUT = 600
+
 TRACED = "connect,sendto,sendmsg,open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,truncate"
 # what a process may open for writing outside the data folder without writing anything anywhere
 HARMLESS = ("/dev/null", "/dev/shm/", "/dev/tty", "/dev/pts/", "/proc/self/", "/proc/thread-self/")
@@ -209,7 +212,7 @@ async def status(client: httpx.AsyncClient) -> dict[str, Any]:
 
 
 async def probe_finished(client: httpx.AsyncClient) -> dict[str, Any]:
-    with anyio.fail_after(240):
+    with anyio.fail_after(LOAD_TIMEOUT):
         while (current := await status(client))["engine_probe"] == "pending":
             await anyio.sleep(0.2)
     return current
@@ -251,7 +254,7 @@ async def test_upstream_imports_registers_funasr_and_fails_only_at_the_weights(
     async with app_for(real_checkout("upstream"), probe=True) as client:
         probed = await probe_finished(client)
         assert (probed["engine_probe"], probed["unavailable"]) == ("passed", None)
-        response = await client.post("/api/v1/models/sa/load")
+        response = await client.post("/api/v1/models/sa/load", timeout=LOAD_TIMEOUT)
         assert response.status_code == 503
         after = await status(client)
     assert after["state"] == "failed"
@@ -266,7 +269,7 @@ async def test_the_fork_with_upstream_s_funasr_models_imports_and_fails_only_at_
     app_for: AppFor, watched: Watched, tmp_path: Path
 ) -> None:
     async with app_for(fork_with_upstream_models(tmp_path / "fork"), probe=False) as client:
-        response = await client.post("/api/v1/models/sa/load")
+        response = await client.post("/api/v1/models/sa/load", timeout=LOAD_TIMEOUT)
         assert response.status_code == 503
         after = await status(client)
     # the fork's tokenizer reads its files on first use, so the language model is the first to need its weights;
@@ -295,7 +298,7 @@ async def test_a_load_with_the_funasr_folder_missing_stops_before_any_download(
 ) -> None:
     async with app_for(real_checkout("upstream"), probe=False) as client:
         shutil.rmtree(tmp_path / "models" / "Step-Audio-Tokenizer" / "dengcunqin")
-        response = await client.post("/api/v1/models/sa/load")
+        response = await client.post("/api/v1/models/sa/load", timeout=LOAD_TIMEOUT)
         after = await status(client)
     assert response.status_code == 503
     assert "downloads it from the ModelScope hub" in after["last_error"]
