@@ -34,6 +34,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ class Tally:
     client_timeouts: int = 0
     transport_errors: int = 0
     streams_cut: int = 0
+    cuts_undetected: int = 0
     bodies_cut: int = 0
+    streams: int = 0
     by_status: Counter[int] = field(default_factory=Counter)
     by_kind: defaultdict[str, Counter[int]] = field(default_factory=lambda: defaultdict(Counter))
     unexpected: list[str] = field(default_factory=list)
@@ -242,19 +245,55 @@ def choose(rng: random.Random, models: dict[str, int], settings: Settings) -> Re
     return Request(kind, body)
 
 
-async def send(http: httpx.AsyncClient, request: Request) -> tuple[int, bool]:
-    """The status code, and whether the body was cut short (the connection ended before its last byte)."""
+# seconds of audio per chunk of the tone engine (tests/support/engines.py), and each tone model's chunks
+TONE_CHUNK_SECONDS = 0.25
+TONE_CHUNKS = {"quick": 2, "slow": 10, "stuck": 100}
+PCM_RATE = 24000
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"
+    CUT_DETECTED = "cut_detected"  # the HTTP library raised: the client knows it has no whole file
+    CUT_UNDETECTED = "cut_undetected"  # ended cleanly, yet short: a client would keep a truncated file
+
+
+def stream_outcome(request: Request, body: bytes, raised: bool) -> Outcome:
+    """Whether a 200 body is whole, and if not whether the client could tell. An SSE stream is whole when it
+    has its done event and cut short must end with an error event; a pcm stream of a tone model has a known
+    length."""
+    assert request.body is not None
+    if request.body.get("stream_format") == "sse":
+        events = [line for line in body.split(b"\n") if line.startswith(b"data: ")]
+        last = json.loads(events[-1].removeprefix(b"data: ")) if events else {}
+        if last.get("type") == "speech.audio.done" and not raised:
+            return Outcome.COMPLETE
+        return Outcome.CUT_DETECTED if raised and last.get("type") == "error" else Outcome.CUT_UNDETECTED
+    if raised:
+        return Outcome.CUT_DETECTED
+    chunks = TONE_CHUNKS.get(request.body["model"])
+    if request.body.get("response_format") == "pcm" and chunks is not None and "sample_rate" not in request.body:
+        expected = round(chunks * TONE_CHUNK_SECONDS * PCM_RATE) * 2
+        return Outcome.COMPLETE if len(body) == expected else Outcome.CUT_UNDETECTED
+    return Outcome.COMPLETE
+
+
+async def send(http: httpx.AsyncClient, request: Request) -> tuple[int, Outcome]:
+    """The status code, and whether a 200's body was whole (and if not, whether the client could tell)."""
     headers = {"content-type": "application/json"}
     async with http.stream(
         "POST", "/v1/audio/speech", json=request.body, content=request.content, headers=headers
     ) as r:
+        body, raised = b"", False
         try:
-            body = b"".join([chunk async for chunk in r.aiter_raw()])
+            async for chunk in r.aiter_raw():
+                body += chunk
         except (httpx.RemoteProtocolError, httpx.ReadError):
-            return r.status_code, True
-        if r.status_code == 200 and request.body and request.body.get("stream_format") == "sse":
-            return r.status_code, b'"speech.audio.done"' not in body
-        return r.status_code, False
+            raised = True
+        if r.status_code != 200:
+            return r.status_code, Outcome.COMPLETE
+        if not request.streamed:
+            return r.status_code, Outcome.CUT_DETECTED if raised else Outcome.COMPLETE
+        return r.status_code, stream_outcome(request, body, raised)
 
 
 def keep_sending(deadline: float, settings: Settings, tally: Tally) -> bool:
@@ -271,7 +310,7 @@ async def client_loop(base_url: str, deadline: float, rng: random.Random, settin
             tally.sent += 1
             try:
                 with anyio.fail_after(settings.client_timeout):
-                    status, cut = await send(http, request)
+                    status, outcome = await send(http, request)
             except (TimeoutError, httpx.TimeoutException):
                 tally.client_timeouts += 1
                 tally.errors.append(f"client timeout: {request.kind}")
@@ -281,13 +320,17 @@ async def client_loop(base_url: str, deadline: float, rng: random.Random, settin
                 tally.errors.append(f"{type(error).__name__}: {error} ({request.kind})")
                 continue
             tally.answered += 1
+            tally.streams += status == 200 and request.streamed
             tally.by_status[status] += 1
             tally.by_kind[request.kind][status] += 1
             if status not in SPEECH_STATUSES:
                 tally.unexpected.append(f"{request.kind} -> {status}")
-            if cut and request.streamed:
+            if outcome is Outcome.CUT_UNDETECTED:
+                tally.cuts_undetected += 1
+                tally.errors.append(f"stream cut short without a sign: {request.kind} {request.body}")
+            elif outcome is Outcome.CUT_DETECTED and request.streamed:
                 tally.streams_cut += 1  # a worker killed mid-stream ends the stream early: expected under chaos
-            elif cut:
+            elif outcome is Outcome.CUT_DETECTED:
                 tally.bodies_cut += 1
 
 
@@ -518,7 +561,9 @@ async def soak(settings: Settings, server: Server) -> dict[str, Any]:
             "transport_errors": tally.transport_errors,
             "by_status": dict(sorted(tally.by_status.items())),
             "by_kind": {kind: dict(sorted(counts.items())) for kind, counts in sorted(tally.by_kind.items())},
+            "streams_answered": tally.streams,
             "streams_cut_short": tally.streams_cut,
+            "streams_cut_undetected": tally.cuts_undetected,
             "bodies_cut_short": tally.bodies_cut,
             "unexpected_statuses": tally.unexpected[:20],
             "errors": tally.errors[:20],
@@ -595,8 +640,12 @@ def check(report: dict[str, Any], settings: Settings) -> dict[str, dict[str, Any
         ),
         "complete bodies": (
             requests["bodies_cut_short"] == 0,
-            f"{requests['bodies_cut_short']} complete-file answers cut short; "
-            f"{requests['streams_cut_short']} streams cut short by a killed worker",
+            f"{requests['bodies_cut_short']} complete-file answers cut short",
+        ),
+        "cut streams detectable": (
+            requests["streams_cut_undetected"] == 0,
+            f"of {requests['streams_answered']} streams, {requests['streams_cut_short']} cut short (each ended "
+            f"unfinished, SSE with an error event) and {requests['streams_cut_undetected']} cut short silently",
         ),
         "worker count bounded": (
             processes["max_workers"] <= settings.max_loaded_models + 1,

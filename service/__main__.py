@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import math
 import signal
+import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
 import uvicorn
 
 from service.app import create_app
+from service.connections import header_deadline_protocol
 from service.log_setup import configure_logging
 from service.settings import api_keys, check_exposure, is_loopback, load_settings
+
+# beyond SHUTDOWN_GRACE: time for the loader to end the workers and for the last answers to go out, before uvicorn
+# cancels whatever is still running
+SHUTDOWN_ANSWER_SECONDS = 5.0
+# uvicorn.run's exit status when the server could not start (e.g. the port is taken)
+STARTUP_FAILURE = 3
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when it begins to stop, before it waits out its graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,14 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     # that was installed before it: make that one a clean exit, so a graceful stop ends with status 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_cleanly)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace)),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace + SHUTDOWN_ANSWER_SECONDS),
+        http=header_deadline_protocol(settings.header_timeout),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        limit_concurrency=settings.max_connections or None,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
-    return 0
+    server = _Server(config, app.state.request_shutdown)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -3,6 +3,10 @@
 With API keys configured, every route but the health checks, the login page and static assets needs a key:
 `Authorization: Bearer <key>` (API clients) or the session cookie the login form sets (the browser UI). The cookie
 holds an HMAC of the key, never the key itself. Keys are compared in constant time.
+
+Writes (POST, PUT, PATCH, DELETE) not made with a Bearer key must not come from another site's page: browsers mark
+where a request comes from (`Sec-Fetch-Site`, `Origin`, `Referer`) in a way pages cannot forge. Such marks naming
+another origin are refused; a write resting on the session cookie must carry a mark naming this server.
 """
 
 from __future__ import annotations
@@ -10,17 +14,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import quote
+from collections.abc import Callable, Collection, Iterable
+from urllib.parse import quote, urlsplit
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from service.errors import ApiError
 
 SESSION_COOKIE = "tts_session"
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login"})
 PUBLIC_PREFIXES = ("/static/",)
 API_PREFIXES = ("/v1/", "/api/", "/metrics", "/docs/openapi")
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
@@ -67,17 +73,55 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-def _authorized(scope: Scope, keys: KeyRing) -> bool:
+def _bearer_key(scope: Scope) -> str | None:
     authorization = _header(scope, b"authorization")
-    if authorization.lower().startswith("bearer ") and keys.valid_key(authorization[7:].strip()):
-        return True
-    cookie = SimpleCookie()
-    try:
-        cookie.load(_header(scope, b"cookie"))
-    except CookieError:  # a malformed cookie (perhaps another app's on this host) is no session, not an error
-        return False
-    session = cookie.get(SESSION_COOKIE)
-    return session is not None and keys.valid_session(session.value)
+    return authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    """One cookie's value; the others are skipped however malformed they are (perhaps another app's on this host)."""
+    for key, value in scope.get("headers", []):
+        if key.lower() != b"cookie":
+            continue
+        for pair in value.decode("latin-1").split(";"):
+            cookie_name, separator, cookie_value = pair.strip().partition("=")
+            if separator and cookie_name.strip() == name:
+                return cookie_value.strip()
+    return None
+
+
+def _unauthorized_reason(bearer_key: str | None, session: str | None) -> str:
+    if bearer_key is not None:
+        return "the API key is not valid"
+    if session is not None:
+        return "the session cookie is not valid (its key may have been removed): log in again"
+    return "no API key given: send 'Authorization: Bearer <key>'"
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
+def _cross_origin_reason(scope: Scope, trusted_origins: Collection[str], by_session: bool) -> str | None:
+    """Why a write not made with a Bearer key may come from another site's page (None when it does not): the
+    browser's `Sec-Fetch-Site`, else `Origin`, else `Referer`, against this server's `Host`; a write resting on the
+    session cookie must carry one of them."""
+    origin = _header(scope, b"origin")
+    if origin and (origin in trusted_origins or "*" in trusted_origins):
+        return None
+    fetch_site = _header(scope, b"sec-fetch-site").lower()
+    if fetch_site in ("same-origin", "none"):
+        return None
+    if fetch_site:
+        return f"it came from another site's page (Sec-Fetch-Site: {fetch_site})"
+    source = origin or _origin_of(_header(scope, b"referer"))
+    host = _header(scope, b"host").lower()
+    if source:
+        return None if host and urlsplit(source).netloc.lower() == host else f"it came from {source}, not this server"
+    if by_session:
+        return "it rests on the session cookie but has no Origin or Referer header to show it came from this server"
+    return None
 
 
 def _is_public(path: str) -> bool:
@@ -95,7 +139,12 @@ async def _send_response(send: Send, status: int, headers: list[tuple[bytes, byt
     await send(end)
 
 
-async def _refuse(scope: Scope, send: Send) -> None:
+async def _send_error(send: Send, error: ApiError, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error.body()).encode()
+    await _send_response(send, error.status, [(b"content-type", b"application/json"), *headers], body)
+
+
+async def _refuse(scope: Scope, send: Send, reason: str) -> None:
     path = scope["path"]
     wants_page = "text/html" in _header(scope, b"accept") and not path.startswith(API_PREFIXES)
     if wants_page:
@@ -103,23 +152,13 @@ async def _refuse(scope: Scope, send: Send) -> None:
         location = f"/login?next={quote(target, safe='')}".encode()
         await _send_response(send, 303, [(b"location", location)], b"")
         return
-    body = json.dumps(
-        {
-            "error": {
-                "message": "an API key is required: send 'Authorization: Bearer <key>'",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-        }
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="speech-server"')]
-    await _send_response(send, 401, headers, body)
+    challenge = (b"www-authenticate", b'Bearer realm="speech-server"')
+    await _send_error(send, ApiError(401, reason, code="invalid_api_key"), [challenge])
 
 
-def access_middleware(keys: KeyRing) -> Callable[[ASGIApp], ASGIApp]:
-    """Middleware factory: refuses requests without a valid key (when keys are configured) and adds security
-    headers to every response."""
+def access_middleware(keys: KeyRing, trusted_origins: Collection[str] = ()) -> Callable[[ASGIApp], ASGIApp]:
+    """Middleware factory: refuses requests without a valid key (when keys are configured) and writes from other
+    sites' pages (but those of `trusted_origins`, the CORS origins), and adds security headers to every response."""
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +173,8 @@ def access_middleware(keys: KeyRing) -> Callable[[ASGIApp], ASGIApp]:
                     headers += [
                         (b"x-content-type-options", b"nosniff"),
                         (b"x-frame-options", b"DENY"),
-                        (b"referrer-policy", b"no-referrer"),
+                        # a Referer to this server only: the same-origin check's fallback where no Origin is sent
+                        (b"referrer-policy", b"same-origin"),
                     ]
                     content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
                     if content_type.startswith(b"text/html"):
@@ -142,8 +182,19 @@ def access_middleware(keys: KeyRing) -> Callable[[ASGIApp], ASGIApp]:
                     message["headers"] = headers
                 await send(message)
 
-            if keys.enabled and not _is_public(scope["path"]) and not _authorized(scope, keys):
-                await _refuse(scope, send_hardened)
+            if "\x00" in scope["path"]:
+                await _send_error(send_hardened, ApiError(400, "the path has a NUL character", code="invalid_path"))
+                return
+            bearer_key, session = _bearer_key(scope), _cookie(scope, SESSION_COOKIE)
+            by_key = keys.enabled and bearer_key is not None and keys.valid_key(bearer_key)
+            by_session = keys.enabled and not by_key and session is not None and keys.valid_session(session)
+            if keys.enabled and not _is_public(scope["path"]) and not (by_key or by_session):
+                await _refuse(scope, send_hardened, _unauthorized_reason(bearer_key, session))
+                return
+            writes = scope["method"] in UNSAFE_METHODS and not by_key
+            if writes and (reason := _cross_origin_reason(scope, trusted_origins, by_session)):
+                message = f"a write from another site's page is refused: {reason}; API clients send a Bearer key"
+                await _send_error(send_hardened, ApiError(403, message, code="cross_origin_request"))
                 return
             await app(scope, receive, send_hardened)
 

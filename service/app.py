@@ -35,13 +35,14 @@ from service.controllers.openai import OpenAIController
 from service.controllers.pages import PagesController
 from service.controllers.voice_pages import VoicePagesController
 from service.controllers.voices import VoicesController
-from service.errors import EXCEPTION_HANDLERS
+from service.errors import EXCEPTION_HANDLERS, NestingSafeRequest
 from service.lazy_loader import LazyLoader
 from service.metrics import Metrics
 from service.model_admin import ModelAdmin
 from service.model_config import load_model_config, load_voice_presets
 from service.settings import PROJECT_ROOT, Settings, api_keys
 from service.speech import SpeechService
+from service.stream_guard import stream_guard
 from service.voices import VoiceLibrary
 from service.workers import WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
 from service.workers import probe as probe_worker
@@ -103,10 +104,11 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             environment={**scratch_environment(scratch), **spec.environment},
             generation_timeout=settings.generation_timeout,
             python=str(settings.worker_python) if settings.worker_python else None,
+            max_buffered_bytes=settings.max_stream_buffer_bytes,
         )
 
     async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
-        return await WorkerProcess.start(worker_spec(catalog.get(model)), task_group)
+        return await WorkerProcess.spawn(worker_spec(catalog.get(model)), task_group)
 
     loader: LazyLoader[WorkerProcess] = LazyLoader(
         catalog.policies(),
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
         capacity_wait=settings.capacity_wait,
         max_queue=settings.max_queue,
         load_backoff=settings.load_backoff,
+        load_timeout=settings.load_timeout,
     )
     metrics = Metrics()
     metrics.watch(loader)
@@ -129,12 +132,19 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
         catalog, loader, metrics, voices, decoder, settings.max_input_chars, settings.request_timeout
     )
 
+    shutdown_requested = anyio.Event()
+
+    async def shut_down_when_requested() -> None:
+        await shutdown_requested.wait()
+        await loader.shutdown(settings.shutdown_grace)
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         for model, reason in catalog.unavailable.items():
             log.warning("model_unavailable", model=model, reason=reason)
         async with anyio.create_task_group() as task_group:
             loader.start(task_group)
+            task_group.start_soon(shut_down_when_requested)
             for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
                 task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
             try:
@@ -174,16 +184,23 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             "voices": provide(voices),
             "keys": provide(keys),
         },
-        middleware=[access_middleware(keys)],
+        middleware=[
+            access_middleware(keys, settings.cors_origins),
+            stream_guard(settings.send_timeout, metrics.stream_aborted),
+        ],
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=_openapi_config(),
         template_config=TemplateConfig(directory=PROJECT_ROOT / "templates", engine=JinjaTemplateEngine),
         lifespan=[lifespan],
         plugins=[HTMXPlugin()],
+        request_class=NestingSafeRequest,
         request_max_body_size=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         logging_config=None,
     )
     app.state.loader = loader
     app.state.catalog = catalog
+    # the server calls it the moment it begins to stop, so that the loader answers every request still waiting or
+    # generating before the server's own graceful timeout cancels them (the lifespan's exit then waits for it)
+    app.state.request_shutdown = shutdown_requested.set
     return app

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 
 import anyio
 import httpx
 import numpy as np
+import numpy.typing as npt
 import soundfile
 import soxr
 
@@ -16,6 +18,13 @@ from service.engines.base import AudioClip
 from service.errors import ApiError
 
 MIN_SECONDS = 0.2
+MAX_CHANNELS = 32
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 384_000
+# samples (frames times channels) decoded at once: 1 MiB of float32, whatever the channel count
+BLOCK_SAMPLES = 1 << 18
+# libsndfile's frame count for a file whose length it cannot tell (SF_COUNT_MAX)
+UNKNOWN_LENGTH = 2**63 - 1
 
 
 class AudioDecoder:
@@ -33,22 +42,13 @@ class AudioDecoder:
                 413, f"{param} is {len(data)} bytes; the limit is {self.max_bytes}", param=param, code="audio_too_large"
             )
         try:
-            samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
-            raise ApiError(
-                400,
-                f"{param} is not audio this server can read (wav, flac, ogg, mp3): {error}",
-                param=param,
-                code="invalid_audio",
-            ) from error
-        seconds = len(samples) / rate
-        if seconds > self.max_seconds:
-            raise ApiError(
-                400,
-                f"{param} is {seconds:.1f} s long; the limit is {self.max_seconds:g} s",
-                param=param,
-                code="audio_too_long",
-            )
+            with soundfile.SoundFile(io.BytesIO(data)) as sound:
+                self._check_header(sound, param)
+                samples, seconds = self._read_mono(sound, param)
+        except soundfile.LibsndfileError as error:
+            raise _unreadable(param, error.error_string) from error
+        except (RuntimeError, TypeError, ValueError) as error:
+            raise _unreadable(param, str(error)) from error
         if seconds < MIN_SECONDS:
             raise ApiError(
                 400,
@@ -56,7 +56,55 @@ class AudioDecoder:
                 param=param,
                 code="audio_too_short",
             )
-        return self.conform(AudioClip(samples.mean(axis=1, dtype=np.float32), int(rate)))
+        return AudioClip(samples, self.sample_rate)
+
+    def _check_header(self, sound: soundfile.SoundFile, param: str) -> None:
+        """Channels, rate and length as the header declares them, before anything is decoded."""
+        if sound.channels > MAX_CHANNELS:
+            raise ApiError(
+                400,
+                f"{param} has {sound.channels} channels; at most {MAX_CHANNELS} are accepted",
+                param=param,
+                code="too_many_channels",
+            )
+        if not MIN_SAMPLE_RATE <= sound.samplerate <= MAX_SAMPLE_RATE:
+            raise ApiError(
+                400,
+                f"{param} is sampled at {sound.samplerate} Hz; {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz are accepted",
+                param=param,
+                code="unsupported_sample_rate",
+            )
+        if sound.frames != UNKNOWN_LENGTH and sound.frames > self.max_seconds * sound.samplerate:
+            raise self._too_long(param, f"{sound.frames / sound.samplerate:.1f} s")
+
+    def _read_mono(self, sound: soundfile.SoundFile, param: str) -> tuple[npt.NDArray[np.float32], float]:
+        """The clip mixed down and resampled block by block, and its length in seconds; refused as soon as it runs
+        past the limit, whatever the header said."""
+        allowed = math.floor(self.max_seconds * sound.samplerate)
+        block = max(1, BLOCK_SAMPLES // sound.channels)
+        resampler = (
+            soxr.ResampleStream(sound.samplerate, self.sample_rate, 1, dtype="float32", quality="HQ")
+            if sound.samplerate != self.sample_rate
+            else None
+        )
+        pieces: list[npt.NDArray[np.float32]] = []
+        frames = 0
+        while True:
+            wanted = min(block, allowed + 1 - frames)
+            samples = sound.read(frames=wanted, dtype="float32", always_2d=True)
+            frames += len(samples)
+            if frames > allowed:
+                raise self._too_long(param, f"more than {self.max_seconds:g} s")
+            mono = samples.mean(axis=1, dtype=np.float32)
+            ended = len(samples) < wanted
+            pieces.append(resampler.resample_chunk(mono, last=ended) if resampler else mono)
+            if ended:
+                return np.concatenate(pieces), frames / sound.samplerate
+
+    def _too_long(self, param: str, length: str) -> ApiError:
+        return ApiError(
+            400, f"{param} is {length} long; the limit is {self.max_seconds:g} s", param=param, code="audio_too_long"
+        )
 
     def conform(self, clip: AudioClip) -> AudioClip:
         """A stored clip at the rate engines are given."""
@@ -110,3 +158,12 @@ class AudioDecoder:
         except httpx.HTTPError as error:
             raise ApiError(400, f"{param}: could not fetch {url}: {error}", param=param, code="url_failed") from error
         return await self.read(bytes(data), param)
+
+
+def _unreadable(param: str, reason: str) -> ApiError:
+    return ApiError(
+        400,
+        f"{param} is not audio this server can read (wav, flac, ogg, mp3): {reason}",
+        param=param,
+        code="invalid_audio",
+    )

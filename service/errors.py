@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -10,11 +11,13 @@ from typing import Any
 
 import structlog
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
+from litestar.plugins.htmx import HTMXRequest
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
+from service.catalog import NoEditingModel
 from service.engines.base import EngineInputError
 from service.lazy_loader import ModelUnavailable, QueueFull, UnknownModel
 from service.voices import VoiceError
@@ -22,7 +25,8 @@ from service.workers import EngineRequestError, GenerationTimeout, WorkerCrashed
 
 log = structlog.get_logger("service.errors")
 
-_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+# msgspec names the field at fault inside its message when the problem is the field's presence, not its value
+_NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 class ApiError(Exception):
@@ -60,7 +64,7 @@ def as_api_error(error: Exception) -> ApiError:
         return error
     if isinstance(error, VoiceError):
         return ApiError(error.status, str(error), param=error.param, code=error.code)
-    if isinstance(error, UnknownModel):
+    if isinstance(error, (UnknownModel, NoEditingModel)):
         return ApiError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, EngineInputError):
         return ApiError(400, str(error), param=error.param, code="invalid_value")
@@ -81,6 +85,9 @@ def as_api_error(error: Exception) -> ApiError:
         return ApiError(503, str(error), code="model_unavailable", headers=retry)
     if isinstance(error, ValidationException):
         return _validation_error(error)
+    if isinstance(error, InternalServerException) and _name_too_long(error.__cause__):
+        # Litestar's static files: a file name longer than the file system takes names no file
+        return ApiError(404, "no such file: its name is too long", code="not_found")
     if isinstance(error, HTTPException):
         return ApiError(error.status_code, error.detail, headers=error.headers)
     if isinstance(error, UnicodeDecodeError):
@@ -89,13 +96,28 @@ def as_api_error(error: Exception) -> ApiError:
     return ApiError(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", code="internal_error")
 
 
+def _name_too_long(cause: BaseException | None) -> bool:
+    return isinstance(cause, OSError) and cause.errno == errno.ENAMETOOLONG
+
+
+class NestingSafeRequest(HTMXRequest):
+    """The app's request (htmx's, with its attributes): a JSON body nested deeper than the decoder can recurse is a
+    400 `invalid_json`, not a RecursionError."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError as error:
+            raise ApiError(400, "the request body is JSON nested too deep to decode", code="invalid_json") from error
+
+
 def _validation_error(error: ValidationException) -> ApiError:
     problems = error.extra if isinstance(error.extra, list) else []
     for problem in problems:
         if isinstance(problem, dict) and problem.get("key"):
             message = str(problem.get("message", "invalid value"))
-            missing = _MISSING_FIELD.search(message)
-            key = missing.group(1) if missing else str(problem["key"])
+            named = _NAMED_FIELD.search(message)
+            key = named.group(1) if named else str(problem["key"])
             return ApiError(400, f"{key}: {message}", param=key, code="invalid_value")
     detail = error.detail
     if "JSON" in detail or "decode" in detail.lower():

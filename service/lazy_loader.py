@@ -4,6 +4,9 @@ Knows nothing of HTTP or of any ML framework: a slot holds a `Worker` that a lau
 request holds a `Lease` on the slot for its whole duration. State machine per slot:
 
     unloaded -> loading -> loaded -> unloading -> unloaded        (loading -> failed -> loading on retry)
+
+A load that runs past its timeout, or is unloaded while it runs, is called off: its worker is ended and the slot
+goes `failed` (timeout) or `unloaded` (unload).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = structlog.get_logger("service.lazy_loader")
 
 EVENT_HISTORY = 200
 REAPER_RETRY_SECONDS = 1.0
+# Retry-After for a load that failed while the next request may try again at once
+LOAD_RETRY_SECONDS = 1.0
 
 
 class SlotState(StrEnum):
@@ -45,10 +50,14 @@ class UnloadReason(StrEnum):
 
 
 class Worker(Protocol):
-    """A started, loaded engine process as the loader sees it."""
+    """A started engine process as the loader sees it: loading until `ready` returns, then loaded."""
 
     @property
     def pid(self) -> int: ...
+
+    async def ready(self) -> None:
+        """Wait until the engine is loaded; raise when it cannot load. Cancelled, it ends the process first."""
+        ...
 
     async def wait(self) -> int:
         """Return the exit code once the process has ended, however it ended."""
@@ -84,11 +93,21 @@ class ModelUnavailable(RuntimeError):
 
 
 class LoadFailed(ModelUnavailable):
-    def __init__(self, model_id: str, reason: str, retry_after: float | None = None) -> None:
-        suffix = f" (failed repeatedly: next try in {retry_after:.0f} s)" if retry_after else ""
+    retry_after: float
+
+    def __init__(self, model_id: str, reason: str, retry_after: float, *, backing_off: bool = False) -> None:
+        suffix = f" (failed repeatedly: next try in {retry_after:.0f} s)" if backing_off else ""
         super().__init__(f"model {model_id!r} failed to load: {reason}{suffix}")
         self.reason = reason
         self.retry_after = retry_after
+
+
+class LoadCalledOff(ModelUnavailable):
+    """The model was unloaded by hand while it loaded."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"the load of {model_id!r} was called off: the model was unloaded while it loaded")
+        self.retry_after = LOAD_RETRY_SECONDS
 
 
 class QueueFull(ModelUnavailable):
@@ -117,6 +136,7 @@ class ModelPolicy:
     auto_unload: bool = True
     pinned: bool = False
     preload: bool = False
+    load_timeout: float | None = None  # seconds; None: the loader's own
 
 
 @dataclass(frozen=True)
@@ -160,10 +180,13 @@ class SlotSnapshot:
 
 
 @dataclass
-class _LoadAttempt:
+class _LoadAttempt(Generic[W]):
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
     error: ModelUnavailable | None = None
     seconds: float = 0.0
+    worker: W | None = None
+    called_off: UnloadReason | None = None
 
 
 @dataclass
@@ -173,7 +196,7 @@ class _Slot(Generic[W]):
     turns: anyio.Semaphore
     state: SlotState = SlotState.UNLOADED
     worker: W | None = None
-    attempt: _LoadAttempt | None = None
+    attempt: _LoadAttempt[W] | None = None
     launching: bool = False
     drains: int = 0
     waiting: int = 0
@@ -200,6 +223,13 @@ class _Slot(Generic[W]):
     @property
     def queued(self) -> int:
         return self.waiting + self.admitted - self.running
+
+    @property
+    def process(self) -> W | None:
+        """The worker loaded, or the one loading."""
+        if self.worker is None and self.state is SlotState.LOADING and self.attempt is not None:
+            return self.attempt.worker
+        return self.worker
 
     def memory_estimate(self) -> int:
         if self.last_memory is None:
@@ -251,6 +281,7 @@ class LazyLoader(Generic[W]):
         max_queue: int = 512,
         load_backoff: float = 1.0,
         max_load_backoff: float = 60.0,
+        load_timeout: float = 300.0,
         concurrency: Mapping[str, int] | None = None,
     ) -> None:
         self._slots: dict[str, _Slot[W]] = {
@@ -264,9 +295,12 @@ class LazyLoader(Generic[W]):
         self._max_queue = max_queue
         self._load_backoff = load_backoff
         self._max_load_backoff = max_load_backoff
+        self._load_timeout = load_timeout
         self._task_group: TaskGroup | None = None
         self._changed = anyio.Event()
         self._closing = False
+        self._shut_down = anyio.Event()
+        self._shutdown_reports: list[UnloadReport] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -281,22 +315,31 @@ class LazyLoader(Generic[W]):
                 self._start_load(slot)
 
     async def shutdown(self, grace: float) -> list[UnloadReport]:
-        """Refuse new requests, let those in flight finish within `grace` seconds, then end every worker."""
+        """Refuse new requests, call off loads under way (their waiters get ShuttingDown), let the requests admitted
+        to a loaded model finish within `grace` seconds, then end every worker: requests still waiting for their turn
+        get ShuttingDown, those generating lose their worker. A second call waits for the first one's end."""
+        if self._closing:
+            await self._shut_down.wait()
+            return list(self._shutdown_reports)
         self._closing = True
         for slot in self._slots.values():
             self._notify(slot)
-        reports: list[UnloadReport] = []
+        started = anyio.current_time()
 
         async def close(slot: _Slot[W]) -> None:
             with anyio.move_on_after(grace):
-                reports.append(await self._unload(slot, UnloadReason.SHUTDOWN))
+                self._shutdown_reports.append(await self._unload(slot, UnloadReason.SHUTDOWN))
                 return
-            reports.append(await self._stop_worker(slot, UnloadReason.SHUTDOWN, slot.admitted, slot.state))
+            report = await self._stop_worker(slot, UnloadReason.SHUTDOWN, slot.admitted, slot.state, started)
+            self._shutdown_reports.append(report)
 
-        async with anyio.create_task_group() as group:
-            for slot in self._slots.values():
-                group.start_soon(close, slot)
-        return reports
+        try:
+            async with anyio.create_task_group() as group:
+                for slot in self._slots.values():
+                    group.start_soon(close, slot)
+        finally:
+            self._shut_down.set()
+        return list(self._shutdown_reports)
 
     @property
     def closing(self) -> bool:
@@ -380,7 +423,7 @@ class LazyLoader(Generic[W]):
     def _start_load_unless_backing_off(self, slot: _Slot[W]) -> None:
         backoff = slot.retry_not_before - anyio.current_time()
         if slot.state is SlotState.FAILED and backoff > 0:
-            raise LoadFailed(slot.model, slot.last_error or "unknown", retry_after=backoff)
+            raise LoadFailed(slot.model, slot.last_error or "unknown", retry_after=backoff, backing_off=True)
         self._start_load(slot)
 
     def _leave(self, slot: _Slot[W]) -> None:
@@ -406,7 +449,7 @@ class LazyLoader(Generic[W]):
         return await self.snapshot(model)
 
     async def unload(self, model: str, reason: UnloadReason = UnloadReason.MANUAL) -> UnloadReport:
-        """Drain the model's requests, then end its worker."""
+        """Drain the model's requests, then end its worker; a load under way is called off and its worker ended."""
         return await self._unload(self._slot(model), reason)
 
     def configure(
@@ -438,44 +481,33 @@ class LazyLoader(Generic[W]):
     def _start_load(self, slot: _Slot[W]) -> None:
         assert self._task_group is not None, "LazyLoader.start() was not called"
         slot.state = SlotState.LOADING
-        slot.attempt = _LoadAttempt()
+        slot.attempt = _LoadAttempt[W]()
         self._notify(slot)
         self._task_group.start_soon(self._load, slot, slot.attempt, name=f"load:{slot.model}")
 
-    async def _load(self, slot: _Slot[W], attempt: _LoadAttempt) -> None:
+    async def _load(self, slot: _Slot[W], attempt: _LoadAttempt[W]) -> None:
         assert self._task_group is not None
         started = anyio.current_time()
-        try:
-            await self._make_room(slot)
-            self._record("model_load_started", slot)
-            worker = await self._launcher(slot.model, self._task_group)
-        except CapacityExhausted as error:
-            slot.state = SlotState.UNLOADED
-            self._finish_attempt(slot, attempt, error, "model_load_refused", reason=str(error))
-            return
-        except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
-            slot.state = SlotState.FAILED
-            slot.last_error = str(error) or type(error).__name__
-            slot.failures += 1
-            if slot.failures >= 2:
-                backoff = min(self._max_load_backoff, self._load_backoff * 2 ** (slot.failures - 2))
-                slot.retry_not_before = anyio.current_time() + backoff
-            self._finish_attempt(
-                slot,
-                attempt,
-                LoadFailed(slot.model, slot.last_error),
-                "model_load_failed",
-                reason=slot.last_error,
-                seconds=round(anyio.current_time() - started, 3),
-            )
-            return
-        finally:
-            slot.launching = False
-        if self._closing:
-            # the server began shutting down while this worker loaded: end it instead of serving with it
-            await worker.stop()
-            slot.state = SlotState.UNLOADED
-            self._finish_attempt(slot, attempt, ShuttingDown(), "model_load_refused", reason="shutting down")
+        timeout = self._load_timeout if slot.policy.load_timeout is None else slot.policy.load_timeout
+        with attempt.scope:
+            try:
+                await self._make_room(slot)
+                self._record("model_load_started", slot)
+                attempt.scope.deadline = anyio.current_time() + timeout
+                worker = attempt.worker = await self._launcher(slot.model, self._task_group)
+                self._notify(slot)
+                await worker.ready()
+            except CapacityExhausted as error:
+                slot.state = SlotState.UNLOADED
+                self._finish_attempt(slot, attempt, error, "model_load_refused", reason=str(error))
+                return
+            except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
+                self._fail_load(slot, attempt, str(error) or type(error).__name__, started)
+                return
+            finally:
+                slot.launching = False
+        if attempt.scope.cancelled_caught:
+            self._call_off(slot, attempt, timeout, started)
             return
         attempt.seconds = anyio.current_time() - started
         slot.worker = worker
@@ -499,8 +531,39 @@ class LazyLoader(Generic[W]):
             gpu_bytes=slot.last_memory.gpu_bytes,
         )
 
+    def _call_off(self, slot: _Slot[W], attempt: _LoadAttempt[W], timeout: float, started: float) -> None:
+        """The load was cancelled and its worker ended: by an unload (the slot is left unloaded), else by the load
+        timeout (a failure)."""
+        pid = None if attempt.worker is None else attempt.worker.pid
+        if attempt.called_off is None:
+            killed = "" if pid is None else f"; its worker (pid {pid}) was killed"
+            self._fail_load(slot, attempt, f"did not load within the load timeout of {timeout:g} s{killed}", started)
+            return
+        slot.state = SlotState.UNLOADED
+        slot.last_unload_reason = attempt.called_off
+        error = ShuttingDown() if attempt.called_off is UnloadReason.SHUTDOWN else LoadCalledOff(slot.model)
+        reason = f"unloaded ({attempt.called_off}) while loading"
+        self._finish_attempt(slot, attempt, error, "model_load_refused", reason=reason, pid=pid)
+
+    def _fail_load(self, slot: _Slot[W], attempt: _LoadAttempt[W], reason: str, started: float) -> None:
+        slot.state = SlotState.FAILED
+        slot.last_error = reason
+        slot.failures += 1
+        if slot.failures >= 2:
+            backoff = min(self._max_load_backoff, self._load_backoff * 2 ** (slot.failures - 2))
+            slot.retry_not_before = anyio.current_time() + backoff
+        retry_after = max(LOAD_RETRY_SECONDS, slot.retry_not_before - anyio.current_time())
+        self._finish_attempt(
+            slot,
+            attempt,
+            LoadFailed(slot.model, reason, retry_after),
+            "model_load_failed",
+            reason=reason,
+            seconds=round(anyio.current_time() - started, 3),
+        )
+
     def _finish_attempt(
-        self, slot: _Slot[W], attempt: _LoadAttempt, error: ModelUnavailable | None, event: str, **fields: Any
+        self, slot: _Slot[W], attempt: _LoadAttempt[W], error: ModelUnavailable | None, event: str, **fields: Any
     ) -> None:
         attempt.error = error
         attempt.done.set()
@@ -573,38 +636,64 @@ class LazyLoader(Generic[W]):
     # ---- unloading
 
     async def _unload(self, slot: _Slot[W], reason: UnloadReason) -> UnloadReport:
+        started = anyio.current_time()
         previous = slot.state
         while slot.state in (SlotState.LOADING, SlotState.UNLOADING):
+            if slot.state is SlotState.LOADING:
+                report = await self._call_off_load(slot, reason, previous, started)
+                if report is not None:
+                    return report
+                continue
             await self._wait_for_change(slot)
         if slot.state is not SlotState.LOADED:
-            return self._report(slot, previous, None, 0, None, None, None, 0.0)
+            return self._report(slot, previous, None, 0, None, None, None, anyio.current_time() - started)
         drained = slot.admitted
         slot.drains += 1
         self._notify(slot)
         try:
             while slot.admitted:
                 await self._wait_for_change(slot)
-            return await self._stop_worker(slot, reason, drained, previous)
+            return await self._stop_worker(slot, reason, drained, previous, started)
         finally:
             slot.drains -= 1
             self._notify(slot)
 
+    async def _call_off_load(
+        self, slot: _Slot[W], reason: UnloadReason, previous: SlotState, started: float
+    ) -> UnloadReport | None:
+        """Cancel the slot's load under way and wait until its worker is gone; None when the load ended by itself
+        first (the caller then unloads whatever it left)."""
+        attempt = slot.attempt
+        assert attempt is not None
+        usage = await attempt.worker.memory() if attempt.worker is not None else None
+        if slot.attempt is not attempt or slot.state is not SlotState.LOADING:
+            return None
+        attempt.called_off = attempt.called_off or reason
+        attempt.scope.cancel()
+        await attempt.done.wait()
+        if attempt.error is None:
+            return None  # a launcher that never yielded finished the load before the cancel could reach it
+        worker = attempt.worker
+        exit_code = await worker.wait() if worker is not None else None
+        pid = None if worker is None else worker.pid
+        return self._report(slot, previous, reason, 0, pid, exit_code, usage, anyio.current_time() - started)
+
     async def _stop_worker(
-        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState
+        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState, started: float
     ) -> UnloadReport:
-        """End the slot's worker; shielded, so a cancelled caller never leaves the slot half-unloaded."""
+        """End the slot's worker; shielded, so a cancelled caller never leaves the slot half-unloaded. The report's
+        seconds count from `started`."""
         with anyio.CancelScope(shield=True):
-            report = await self._stop_worker_unshielded(slot, reason, drained, previous)
+            report = await self._stop_worker_unshielded(slot, reason, drained, previous, started)
         return report
 
     async def _stop_worker_unshielded(
-        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState
+        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState, started: float
     ) -> UnloadReport:
         worker = slot.worker
         if worker is None or slot.state is not SlotState.LOADED:
-            return self._report(slot, previous, None, drained, None, None, None, 0.0)
-        started = anyio.current_time()
-        idle_seconds = started - slot.idle_since if slot.admitted == 0 else 0.0
+            return self._report(slot, previous, None, drained, None, None, None, anyio.current_time() - started)
+        idle_seconds = anyio.current_time() - slot.idle_since if slot.admitted == 0 else 0.0
         slot.state = SlotState.UNLOADING
         self._notify(slot)
         usage = await worker.memory()
@@ -702,7 +791,7 @@ class LazyLoader(Generic[W]):
             state=slot.state,
             policy=replace(slot.policy),
             keep_alive=slot.keep_alive,
-            pid=slot.worker.pid if slot.worker is not None else None,
+            pid=slot.process.pid if slot.process is not None else None,
             in_flight=slot.running,
             queued=slot.queued,
             loads_total=slot.loads_total,
@@ -718,9 +807,9 @@ class LazyLoader(Generic[W]):
         )
 
     async def snapshot(self, model: str) -> SlotSnapshot:
-        """The slot's state with its worker's memory measured now."""
+        """The slot's state with its worker's memory (loaded or loading) measured now."""
         slot = self._slot(model)
-        memory = await slot.worker.memory() if slot.worker is not None else None
+        memory = await slot.process.memory() if slot.process is not None else None
         return self._snapshot(slot, memory)
 
     async def snapshots(self) -> list[SlotSnapshot]:

@@ -15,6 +15,10 @@ _SHARED_PROCESSORS: list[Any] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
 ]
+# tracebacks as JSON, without each frame's local variables: those hold request bodies, keys and whole scopes
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 
 def configure_logging(log_format: str = "auto", level: str = "info") -> None:
@@ -33,7 +37,7 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         foreign_pre_chain=_SHARED_PROCESSORS,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.dict_tracebacks if as_json else structlog.processors.format_exc_info,
+            _DICT_TRACEBACKS if as_json else structlog.processors.format_exc_info,
             renderer,
         ],
     )

@@ -51,6 +51,12 @@ class Metrics:
         self.watchdog_kills = Counter(
             "tts_watchdog_kills", "Workers killed for generating past the limit", ["model"], registry=self.registry
         )
+        self.streams_aborted = Counter(
+            "tts_streams_aborted",
+            "Streamed responses ended unfinished, by cause (worker_crashed, generation_timeout, client_stalled, ...)",
+            ["model", "cause"],
+            registry=self.registry,
+        )
         self.requests = Counter("tts_requests", "Finished speech requests", ["model", "cold"], registry=self.registry)
         self.latency = Histogram(
             "tts_request_seconds",
@@ -106,6 +112,9 @@ class Metrics:
         self.audio_seconds.labels(model).inc(audio_seconds)
         if audio_seconds > 0:
             self.real_time_factor.labels(model).observe(seconds / audio_seconds)
+
+    def stream_aborted(self, model: str, cause: str) -> None:
+        self.streams_aborted.labels(model, cause).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

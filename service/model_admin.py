@@ -1,4 +1,5 @@
-"""Status, load, unload and per-model settings: what the models API and the pages do with model slots."""
+"""Status, load, unload and per-model settings: what the models API and the pages do with model slots. Every
+method takes a model id or an alias."""
 
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ class ModelAdmin:
         self.loader = loader
 
     async def status(self, model: str) -> dict[str, Any]:
-        spec = self.catalog.get(model)
-        snapshot = await self.loader.snapshot(model)
-        worker = self.loader.worker(model)
+        spec = self.catalog.lookup(model)
+        snapshot = await self.loader.snapshot(spec.id)
+        worker = self.loader.worker(spec.id)
         gpu = worker.gpu_memory if worker is not None else None
         return model_status(
             snapshot,
             spec,
             gpu.allocated_bytes if gpu else 0,
             gpu.reserved_bytes if gpu else 0,
-            self.catalog.probes.get(model),
-            self.catalog.unavailable.get(model),
+            self.catalog.probes.get(spec.id),
+            self.catalog.unavailable.get(spec.id),
         )
 
     async def all_status(self) -> dict[str, dict[str, Any]]:
@@ -45,12 +46,11 @@ class ModelAdmin:
         return await self.status(spec.id)
 
     async def unload(self, model: str) -> dict[str, Any]:
-        self.catalog.get(model)
-        return unload_report(await self.loader.unload(model))
+        return unload_report(await self.loader.unload(self.catalog.lookup(model).id))
 
     async def configure(
         self, model: str, *, idle_timeout: float | None, auto_unload: bool | None, pinned: bool | None
     ) -> dict[str, Any]:
-        self.catalog.get(model)
-        self.loader.configure(model, idle_timeout=idle_timeout, auto_unload=auto_unload, pinned=pinned)
-        return await self.status(model)
+        model_id = self.catalog.lookup(model).id
+        self.loader.configure(model_id, idle_timeout=idle_timeout, auto_unload=auto_unload, pinned=pinned)
+        return await self.status(model_id)

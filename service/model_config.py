@@ -4,6 +4,7 @@
 id = "my-voice"
 engine = "piper"                 # or "package.module:Class"
 idle_timeout = 600               # optional; default IDLE_TIMEOUT
+load_timeout = 900               # optional; default LOAD_TIMEOUT
 auto_unload = true               # optional
 pinned = false                   # optional
 preload = false                  # optional
@@ -29,6 +30,7 @@ _KNOWN_KEYS = {
     "engine",
     "options",
     "idle_timeout",
+    "load_timeout",
     "auto_unload",
     "pinned",
     "preload",
@@ -67,6 +69,11 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
     idle_timeout = raw.get("idle_timeout", settings.idle_timeout)
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
         raise ModelConfigError(f"{where}: 'idle_timeout' must be a number of seconds, got {idle_timeout!r}")
+    load_timeout = raw.get("load_timeout")
+    if load_timeout is not None and (
+        isinstance(load_timeout, bool) or not isinstance(load_timeout, (int, float)) or not load_timeout > 0
+    ):
+        raise ModelConfigError(f"{where}: 'load_timeout' must be a number of seconds above 0, got {load_timeout!r}")
     flags = {
         key: raw.get(key, default)
         for key, default in (("auto_unload", settings.auto_unload), ("pinned", False), ("preload", False))
@@ -74,7 +81,9 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise ModelConfigError(f"{where}: {key!r} must be true or false, got {value!r}")
-    policy = ModelPolicy(idle_timeout=float(idle_timeout), **flags)
+    policy = ModelPolicy(
+        idle_timeout=float(idle_timeout), load_timeout=None if load_timeout is None else float(load_timeout), **flags
+    )
     aliases = raw.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(alias, str) and alias for alias in aliases):
         raise ModelConfigError(f"{where}: 'aliases' must be a list of names")

@@ -202,6 +202,37 @@ class Settings:
             )
         },
     )
+    send_timeout: float = field(
+        default=60.0,
+        metadata={
+            "option": Option(
+                "SEND_TIMEOUT",
+                "--send-timeout",
+                "seconds a streaming client may take no data before its response is aborted",
+            )
+        },
+    )
+    max_stream_buffer_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata={
+            "option": Option(
+                "MAX_STREAM_BUFFER_BYTES",
+                "--max-stream-buffer-bytes",
+                "audio bytes a request may hold for a client that reads slowly; past it the worker waits for it",
+            )
+        },
+    )
+    load_timeout: float = field(
+        default=300.0,
+        metadata={
+            "option": Option(
+                "LOAD_TIMEOUT",
+                "--load-timeout",
+                "seconds a model's worker may take to load before it is killed and the load fails (per model: "
+                "load_timeout in the models file)",
+            )
+        },
+    )
     load_backoff: float = field(
         default=1.0,
         metadata={
@@ -247,6 +278,43 @@ class Settings:
             )
         },
     )
+    header_timeout: float = field(
+        default=10.0,
+        metadata={
+            "option": Option(
+                "HEADER_TIMEOUT",
+                "--header-timeout",
+                "seconds a connection may take to send a request's line and headers (from connecting, or from the "
+                "previous answer on it) before it is closed",
+            )
+        },
+    )
+    keep_alive_timeout: int = field(
+        default=5,
+        metadata={
+            "option": Option(
+                "KEEP_ALIVE_TIMEOUT", "--keep-alive-timeout", "seconds an idle connection stays open after an answer"
+            )
+        },
+    )
+    max_connections: int = field(
+        default=0,
+        metadata={
+            "option": Option(
+                "MAX_CONNECTIONS",
+                "--max-connections",
+                "open connections (and requests in flight) past which a new request gets 503 at once (0: no limit)",
+            )
+        },
+    )
+    max_header_bytes: int = field(
+        default=16 * 1024,
+        metadata={
+            "option": Option(
+                "MAX_HEADER_BYTES", "--max-header-bytes", "longest request line and headers; past it: 400, closed"
+            )
+        },
+    )
     log_format: str = field(
         default="auto",
         metadata={"option": Option("LOG_FORMAT", "--log-format", "auto (JSON unless a terminal), json or console")},
@@ -262,10 +330,24 @@ class Settings:
             raise SettingError("max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
         if self.max_queue < 1:
             raise SettingError("max_queue", f"must be at least 1, got {self.max_queue}")
+        if not self.load_timeout > 0:
+            raise SettingError("load_timeout", f"must be more than 0 seconds, got {self.load_timeout}")
+        if not self.send_timeout > 0:
+            raise SettingError("send_timeout", f"must be more than 0 seconds, got {self.send_timeout}")
+        if self.max_stream_buffer_bytes < 1:
+            raise SettingError("max_stream_buffer_bytes", f"must be at least 1, got {self.max_stream_buffer_bytes}")
         if self.step_audio_variant not in {"base", "bnb", "awq"}:
             raise SettingError("step_audio_variant", f"must be base, bnb or awq, got {self.step_audio_variant!r}")
         if self.log_format not in {"auto", "json", "console"}:
             raise SettingError("log_format", f"must be auto, json or console, got {self.log_format!r}")
+        if not self.header_timeout > 0:
+            raise SettingError("header_timeout", f"must be more than 0 seconds, got {self.header_timeout}")
+        if self.keep_alive_timeout < 1:
+            raise SettingError("keep_alive_timeout", f"must be at least 1 second, got {self.keep_alive_timeout}")
+        if self.max_connections < 0:
+            raise SettingError("max_connections", f"must be 0 (no limit) or more, got {self.max_connections}")
+        if self.max_header_bytes < 1024:
+            raise SettingError("max_header_bytes", f"must be at least 1024, got {self.max_header_bytes}")
 
 
 # how a raw flag or environment value becomes each field's type; the type comes from the field's annotation
@@ -284,6 +366,19 @@ def _convert(name: str, raw: str) -> object:
     return _CONVERTERS[get_type_hints(Settings)[name]](raw)
 
 
+def _as_typed(default: object) -> str:
+    """A default as it would be given on the command line: plain strings and numbers, `none` for nothing."""
+    if default is None or default == ():
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return str(default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -292,11 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for settings_field in fields(Settings):
         option: Option = settings_field.metadata["option"]
+        # a help text that says what its default means stands for it
+        default = "" if "(default:" in option.help else f" (default: {_as_typed(settings_field.default)})"
         parser.add_argument(
-            option.flag,
-            dest=settings_field.name,
-            default=None,
-            help=f"{option.help} [{option.env}] (default: {settings_field.default!r})",
+            option.flag, dest=settings_field.name, default=None, help=f"{option.help} [{option.env}]{default}"
         )
     return parser
 

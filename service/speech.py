@@ -20,10 +20,11 @@ from service.audio import MEDIA_TYPES, AudioFormat, create_encoder, encode_whole
 from service.audio_input import AudioDecoder
 from service.catalog import STEP_AUDIO_ALIAS, Catalog, ModelSpec
 from service.engines.base import MAX_EDIT_ITERATIONS, AudioChunk, AudioClip, EditRequest, SynthesisRequest
-from service.errors import ApiError
+from service.errors import ApiError, as_api_error
 from service.instructions import check_edit, edits_from_instructions, speed_edit
 from service.lazy_loader import LazyLoader, Lease
 from service.metrics import Metrics
+from service.stream_guard import StreamAborted
 from service.voices import VoiceError, VoiceLibrary
 from service.workers import EngineRequestError, WorkerCrashed, WorkerProcess
 
@@ -130,12 +131,21 @@ def _chunks(lease: Lease[WorkerProcess], request: SynthesisRequest | EditRequest
     return lease.worker.edit(request, on_finished=lease.release)
 
 
+def _event(event: dict[str, object]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
 async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """OpenAI's speech SSE stream: `speech.audio.delta` events with base64 audio, then `speech.audio.done`."""
-    async for chunk in audio:
-        event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()}
-        yield f"data: {json.dumps(event)}\n\n".encode()
-    yield b'data: {"type": "speech.audio.done"}\n\n'
+    """OpenAI's speech SSE stream: `speech.audio.delta` events with base64 audio, then `speech.audio.done`; a
+    stream that cannot be finished ends with an `error` event (OpenAI's error object) instead, and unfinished."""
+    try:
+        async for chunk in audio:
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
+    except StreamAborted as aborted:
+        error = aborted.__cause__ if isinstance(aborted.__cause__, Exception) else aborted
+        yield _event({"type": "error", **as_api_error(error).body()})
+        raise
+    yield _event({"type": "speech.audio.done"})
 
 
 def _nothing_to_speak() -> ApiError:
@@ -483,10 +493,13 @@ class SpeechService:
                     yield tail
                 self._finished(plan, lease, samples / engine_rate, first_audio, streamed=True)
             except (WorkerCrashed, EngineRequestError) as error:
-                # the status line is sent already: end the stream early (the client sees it cut short) and say why
-                log.warning(
-                    "stream_interrupted", model=plan.spec.id, error=str(error), audio_seconds=samples / engine_rate
-                )
+                # the status line is sent already: the response ends unfinished, so the client can tell
+                raise StreamAborted(
+                    as_api_error(error).code or "engine_error",
+                    str(error),
+                    model=plan.spec.id,
+                    audio_seconds=round(samples / engine_rate, 3),
+                ) from error
             finally:
                 try:
                     await chunks.aclose()

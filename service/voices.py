@@ -6,6 +6,7 @@ Presets come from the models file and are read-only; uploaded voices live under 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
@@ -31,7 +32,7 @@ class VoiceError(Exception):
     status = 400
     code = "invalid_voice"
 
-    def __init__(self, message: str, param: str = "name") -> None:
+    def __init__(self, message: str, param: str | None = "name") -> None:
         super().__init__(message)
         self.param = param
 
@@ -44,6 +45,11 @@ class UnknownVoice(VoiceError):
 class VoiceConflict(VoiceError):
     status = 409
     code = "voice_conflict"
+
+
+class VoiceStorageFull(VoiceError):
+    status = 507
+    code = "insufficient_storage"
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,11 @@ def wav_bytes(path: Path) -> bytes:
     """The clip at `path` as WAV (presets may be stored in other formats)."""
     if path.suffix.lower() == ".wav":
         return path.read_bytes()
-    clip = read_clip(path)
+    return encoded_wav(read_clip(path))
+
+
+def encoded_wav(clip: AudioClip) -> bytes:
+    """The clip as 16-bit WAV, in memory."""
     output = io.BytesIO()
     soundfile.write(output, clip.samples, clip.sample_rate, format="WAV", subtype="PCM_16")
     return output.getvalue()
@@ -94,6 +104,13 @@ class VoiceLibrary:
     def __init__(self, data_dir: Path, presets: list[Voice]) -> None:
         self._root = data_dir / "voices"
         self._presets = {voice.name: voice for voice in presets}
+        self._sweep_staging()
+
+    def _sweep_staging(self) -> None:
+        """Remove staging folders an add left when the server stopped midway (voice names never start with '.')."""
+        for leftover in self._root.glob(".*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _folder(self, name: str) -> Path:
         return self._root / validate_name(name)
@@ -143,7 +160,6 @@ class VoiceLibrary:
             raise VoiceError(f"transcript is longer than {MAX_TRANSCRIPT_CHARS} characters", "transcript")
         if name in self._presets or folder.exists():
             raise VoiceConflict(f"a voice named {name!r} exists already; delete it first or pick another name")
-        self._root.mkdir(parents=True, exist_ok=True)
         voice = Voice(
             name=name,
             transcript=transcript.strip(),
@@ -155,18 +171,31 @@ class VoiceLibrary:
             description=description,
             created=time.time(),
         )
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self._root))
         try:
-            soundfile.write(staging / "voice.wav", clip.samples, clip.sample_rate, subtype="PCM_16")
+            self._store(voice, encoded_wav(clip))
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise VoiceStorageFull(
+                    f"the voice library's disk is full ({error.strerror}); {name!r} was not stored", None
+                ) from error
+            raise
+        return voice
+
+    def _store(self, voice: Voice, wav: bytes) -> None:
+        """Write the voice to a staging folder and rename it into place; on failure nothing is left."""
+        folder = self._folder(voice.name)
+        self._root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{voice.name}-", dir=self._root))
+        try:
+            (staging / "voice.wav").write_bytes(wav)
             meta = voice.public() | {"seconds": voice.seconds}
             (staging / "voice.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             staging.rename(folder)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             if folder.exists():
-                raise VoiceConflict(f"a voice named {name!r} was just added by another request") from error
+                raise VoiceConflict(f"a voice named {voice.name!r} was just added by another request") from error
             raise
-        return voice
 
     def delete(self, name: str) -> Voice:
         if name in self._presets:

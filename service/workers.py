@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,27 @@ class GenerationTimeout(WorkerCrashed):
     """The watchdog killed a worker that was busy past the generation limit."""
 
 
+@dataclass
+class _Inbound:
+    """A request's frames on their way from the pump to its reader, and the audio bytes among them not yet read;
+    `taken` is set whenever the reader takes some, or stops reading; `paused_seconds`: how long the worker waited
+    for the reader (the watchdog does not count it)."""
+
+    send: MemoryObjectSendStream[Frame]
+    buffered: int = 0
+    reading: bool = True
+    taken: anyio.Event = field(default_factory=anyio.Event)
+    paused_seconds: float = 0.0
+
+    def take(self, frame: Frame) -> None:
+        self.buffered -= len(frame.payload)
+        self.taken.set()
+
+    def stop_reading(self) -> None:
+        self.reading = False
+        self.taken.set()
+
+
 class EngineRequestError(Exception):
     """The engine refused or failed one request; the worker is still healthy."""
 
@@ -64,6 +85,7 @@ class WorkerSpec:
     environment: Mapping[str, str] | None = None
     generation_timeout: float | None = None
     python: str | None = None
+    max_buffered_bytes: int | None = None
 
 
 # the libraries' own places to write (home, caches, temporary files) and their hubs, as environment variables
@@ -137,15 +159,17 @@ async def probe(spec: WorkerSpec) -> str | None:
 class WorkerProcess:
     """One running worker. Requests are routed by id; the process serves them one at a time."""
 
-    def __init__(self, spec: WorkerSpec, process: Process, reader: FrameReader) -> None:
+    def __init__(self, spec: WorkerSpec, process: Process, reader: FrameReader, task_group: TaskGroup) -> None:
         self.spec = spec
         self._process = process
         self._reader = reader
+        self._task_group = task_group
         self._ids = itertools.count(1)
-        self._pending: dict[int, MemoryObjectSendStream[Frame]] = {}
+        self._pending: dict[int, _Inbound] = {}
         self._finishers: dict[int, Callable[[], None]] = {}
         self._write_lock = anyio.Lock()
         self._exited = anyio.Event()
+        self._stopping = False
         self.returncode: int | None = None
         self.exit_reason: str | None = None
         self.load_seconds = 0.0
@@ -158,26 +182,46 @@ class WorkerProcess:
     @classmethod
     async def start(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
         """Start a worker and wait until its engine is loaded; raise WorkerLoadError when it cannot load."""
+        worker = await cls.spawn(spec, task_group)
+        await worker.ready()
+        return worker
+
+    @classmethod
+    async def spawn(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
+        """Start a worker process and tell it to load its engine; `ready` waits for the load."""
         process = await _open_worker(spec)
-        assert process.stdin is not None
         assert process.stdout is not None
-        worker = cls(spec, process, FrameReader(process.stdout))
+        worker = cls(spec, process, FrameReader(process.stdout), task_group)
         try:
             await worker._send({"op": "load", "engine": spec.engine, "options": dict(spec.options)})
-            answer = await worker._reader.read()
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await worker._reap(kill=True)
+            await worker._end_unready(kill=True)
+            raise
+        return worker
+
+    async def ready(self) -> None:
+        """Wait until the engine is loaded; raise WorkerLoadError when it cannot load. Cancelled (a load timeout, an
+        unload), it SIGKILLs the process, which may be stopped or stuck, and waits for its end."""
+        try:
+            answer = await self._reader.read()
+        except BaseException:
+            await self._end_unready(kill=True)
             raise
         if answer is None or answer.header.get("type") != "ready":
-            with anyio.CancelScope(shield=True):
-                returncode = await worker._reap(kill=False)
+            returncode = await self._end_unready(kill=False)
             reason = answer.header.get("error") if answer is not None else None
             raise WorkerLoadError(reason or f"worker exited with code {returncode} before it was ready")
-        worker.load_seconds = float(answer.header["load_seconds"])
-        worker.gpu_memory = GpuMemory(**answer.header["gpu"])
-        task_group.start_soon(worker._pump)
-        return worker
+        self.load_seconds = float(answer.header["load_seconds"])
+        self.gpu_memory = GpuMemory(**answer.header["gpu"])
+        self._task_group.start_soon(self._pump)
+
+    async def _end_unready(self, *, kill: bool) -> int:
+        """End a worker that never became ready (no pump watches it) and record its exit."""
+        with anyio.CancelScope(shield=True):
+            returncode = await self._reap(kill=kill)
+        self.returncode = returncode
+        self._exited.set()
+        return returncode
 
     async def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         assert self._process.stdin is not None
@@ -189,10 +233,9 @@ class WorkerProcess:
         try:
             while (frame := await self._reader.read()) is not None:
                 request_id = frame.header.get("id", -1)
-                stream = self._pending.get(request_id)
-                if stream is not None:
-                    with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        stream.send_nowait(frame)
+                inbound = self._pending.get(request_id)
+                if inbound is not None:
+                    await self._deliver(inbound, frame)
                 if frame.header.get("type") in ("done", "error"):
                     self._finish(request_id)
         except (ProtocolError, ValueError) as error:
@@ -207,10 +250,25 @@ class WorkerProcess:
             with anyio.CancelScope(shield=True):
                 self.returncode = await self._process.wait()
                 self._exited.set()
-                for stream in self._pending.values():
-                    stream.close()
+                for inbound in self._pending.values():
+                    inbound.send.close()
                 for request_id in list(self._finishers):
                     self._finish(request_id)
+
+    async def _deliver(self, inbound: _Inbound, frame: Frame) -> None:
+        """Hand a frame to its request's reader. Past the buffer limit the pump waits for the reader to take some
+        first, so the worker (blocked writing to its pipe) makes no more than a reader takes: a slow client costs at
+        most the limit, and one that stops reading is cut off by the send timeout, which ends the wait."""
+        limit = self.spec.max_buffered_bytes
+        size = len(frame.payload)
+        while limit is not None and inbound.reading and inbound.buffered and inbound.buffered + size > limit:
+            inbound.taken = anyio.Event()
+            paused = anyio.current_time()
+            await inbound.taken.wait()
+            inbound.paused_seconds += anyio.current_time() - paused
+        inbound.buffered += size
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            inbound.send.send_nowait(frame)
 
     def _finish(self, request_id: int) -> None:
         """The worker is done with this request (its frames may still be on their way to the client)."""
@@ -250,7 +308,7 @@ class WorkerProcess:
         request_id = next(self._ids)
         # unbounded: the pump never waits for a slow reader, so it always notices the worker's end at once
         send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=math.inf)
-        self._pending[request_id] = send
+        inbound = self._pending[request_id] = _Inbound(send)
         if on_finished is not None:
             self._finishers[request_id] = on_finished
         finished = False
@@ -265,8 +323,9 @@ class WorkerProcess:
                 await self._send(header, payload)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as error:
                 raise WorkerCrashed(f"worker of {self.spec.model_id!r} is gone: {error!r}") from error
-            while (frame := await self._next_frame(receive, deadline)) is not None:
+            while (frame := await self._next_frame(receive, deadline, inbound)) is not None:
                 kind = frame.header["type"]
+                inbound.take(frame)
                 if kind == "chunk":
                     yield np.frombuffer(frame.payload, dtype="<f4")
                     continue
@@ -277,24 +336,32 @@ class WorkerProcess:
                     raise WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
                 self.gpu_memory = GpuMemory(**frame.header["gpu"])
                 return
+            if self._stopping:
+                raise WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
             raise WorkerCrashed(f"worker of {self.spec.model_id!r} exited with code {await self.wait()} mid-request")
         finally:
-            if not finished and not self.exited:
+            inbound.stop_reading()
+            if not finished and not self.exited and not self._stopping:
                 await self._cancel(request_id, receive)
             self._pending.pop(request_id, None)
             self._finishers.pop(request_id, None)
             send.close()
             receive.close()
 
-    async def _next_frame(self, receive: MemoryObjectReceiveStream[Frame], deadline: float | None) -> Frame | None:
-        """The request's next frame; None once the worker has gone. Past the deadline the worker is killed."""
+    async def _next_frame(
+        self, receive: MemoryObjectReceiveStream[Frame], deadline: float | None, inbound: _Inbound
+    ) -> Frame | None:
+        """The request's next frame; None once the worker has gone. Past the deadline (moved on by the time the
+        worker waited for this reader) the worker is killed."""
         try:
             return receive.receive_nowait()
         except anyio.WouldBlock:
             pass
         except anyio.EndOfStream:
             return None
-        with anyio.move_on_after(None if deadline is None else deadline - anyio.current_time()):
+        with anyio.move_on_after(
+            None if deadline is None else deadline + inbound.paused_seconds - anyio.current_time()
+        ):
             try:
                 return await receive.receive()
             except anyio.EndOfStream:
@@ -326,8 +393,13 @@ class WorkerProcess:
                     break
 
     async def stop(self) -> int:
-        """End the process: ask politely, then terminate, then kill. Returns its exit code."""
+        """End the process: ask politely, then terminate, then kill. Returns its exit code. Requests still in flight
+        end at once with WorkerCrashed, without waiting for the engine's current chunk."""
         with anyio.CancelScope(shield=True):
+            self._stopping = True
+            for inbound in self._pending.values():
+                inbound.stop_reading()
+                inbound.send.close()
             if not self.exited:
                 with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     await self._send({"op": "shutdown"})

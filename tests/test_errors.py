@@ -1,14 +1,18 @@
-"""The one error mapping: text that is not UTF-8 is a 400 `invalid_encoding` whichever layer notices it first."""
+"""The one error mapping: text that is not UTF-8 is a 400 `invalid_encoding` whichever layer notices it first; JSON
+nested too deep and paths no file can have are 400s and 404s, not 500s; logged tracebacks carry no local variables."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 
 import pytest
+import structlog
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from service.app import create_app
+from service.log_setup import configure_logging
 from service.settings import Settings
 from tests.conftest import tone_model
 
@@ -80,3 +84,97 @@ def test_valid_utf8_errors_keep_their_own_code(client: TestClient[Litestar]) -> 
     response = client.post("/v1/audio/speech", content=truncated, headers={"content-type": JSON})
     assert response.status_code == 400
     assert response.json()["error"]["code"] != "invalid_encoding"
+
+
+# 1000 levels is past what msgspec's decoder recurses through under the default recursion limit (it stops near 970
+# in a request); DEEP is far past it
+DEEP = 100_000
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [1000, DEEP])
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body", "param"),
+    [
+        pytest.param("POST", "/v1/audio/speech", JSON, lambda deep: deep, None, id="speech-body"),
+        pytest.param(
+            "POST",
+            "/v1/audio/speech",
+            JSON,
+            lambda deep: b'{"model": "tts-1", "input": "hi", "metadata": ' + deep + b"}",
+            None,
+            id="speech-field",
+        ),
+        pytest.param(
+            "PATCH", "/api/v1/models/tone", JSON, lambda deep: b'{"idle_timeout": ' + deep + b"}", None, id="patch"
+        ),
+        pytest.param(
+            "POST",
+            "/v1/audio/speech/upload",
+            MULTIPART,
+            lambda deep: form_field("payload", b'{"model": "tts-1", "input": "hi", "unknown": ' + deep + b"}"),
+            "payload",
+            id="upload-payload",
+        ),
+    ],
+)
+def test_json_nested_too_deep_is_a_400_invalid_json(
+    client: TestClient[Litestar],
+    method: str,
+    path: str,
+    content_type: str,
+    body: Callable[[bytes], bytes],
+    param: str | None,
+    depth: int,
+) -> None:
+    response = client.request(method, path, content=body(nested(depth)), headers={"content-type": content_type})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_json", param)
+    assert "nested too deep" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/static/%00", "/static/site%00.css", "/static/docs/%00", "/models/tone%00/progress"])
+def test_a_nul_character_in_the_path_is_a_400(client: TestClient[Litestar], path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_path"
+
+
+def test_a_nul_character_in_a_path_no_route_matches_is_a_404(client: TestClient[Litestar]) -> None:
+    assert client.get("/v1/models%00").status_code == 404
+
+
+def test_a_static_file_name_too_long_for_the_file_system_is_not_found(client: TestClient[Litestar]) -> None:
+    response = client.get("/static/" + "a" * 300)
+    assert response.status_code == 404, response.text
+
+
+@pytest.fixture
+def service_logging() -> Iterator[None]:
+    """The service's logging set up for the test, and what was there before put back after it."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, structlog.get_config())
+    yield
+    root.handlers[:], level, config = saved
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_logged_tracebacks_carry_no_local_variables(
+    service_logging: None, capsys: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    configure_logging(log_format)
+    request_body = "a-local-value-that-must-stay-out-of-the-log"
+    try:
+        raise RuntimeError(f"failed on a body of {len(request_body)} characters")
+    except RuntimeError:
+        structlog.get_logger("test").error("request_failed", exc_info=True)
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    logged = capsys.readouterr().err
+    assert logged.count("RuntimeError") >= 2, logged
+    assert request_body not in logged

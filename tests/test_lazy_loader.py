@@ -14,13 +14,16 @@ from anyio.abc import TaskGroup
 from service.lazy_loader import (
     CapacityExhausted,
     LazyLoader,
+    LoadCalledOff,
     LoadFailed,
     ModelPolicy,
+    ModelUnavailable,
     QueueFull,
     ShuttingDown,
     SlotState,
     UnknownModel,
     UnloadReason,
+    UnloadReport,
 )
 from service.memory import MemoryUsage
 
@@ -30,10 +33,11 @@ _pids = itertools.count(1000)
 
 
 class FakeWorker:
-    def __init__(self, model: str, rss_bytes: int) -> None:
+    def __init__(self, model: str, rss_bytes: int, loading: anyio.Event | None = None) -> None:
         self.model = model
         self._pid = next(_pids)
         self._exited = anyio.Event()
+        self._loading = loading
         self.code: int | None = None
         self.rss_bytes = rss_bytes
         self.exit_reason: str | None = None
@@ -41,6 +45,16 @@ class FakeWorker:
     @property
     def pid(self) -> int:
         return self._pid
+
+    async def ready(self) -> None:
+        """Loaded at once, or once the launcher's `loading` event is set; cancelled, it is killed (-9)."""
+        try:
+            await anyio.lowlevel.checkpoint()
+            if self._loading is not None:
+                await self._loading.wait()
+        except BaseException:
+            self.exit(-9)
+            raise
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -65,6 +79,7 @@ class FakeLauncher:
         self.launches: Counter[str] = Counter()
         self.workers: list[FakeWorker] = []
         self.gate: anyio.Event | None = None
+        self.loading: anyio.Event | None = None
         self.failure: str | None = None
         self.rss_bytes = rss_bytes
 
@@ -74,7 +89,7 @@ class FakeLauncher:
             await self.gate.wait()
         if self.failure:
             raise RuntimeError(self.failure)
-        worker = FakeWorker(model, self.rss_bytes)
+        worker = FakeWorker(model, self.rss_bytes, self.loading)
         self.workers.append(worker)
         return worker
 
@@ -203,10 +218,14 @@ async def test_manual_unload_drains_requests_in_flight_first() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(unload)
             await until(lambda: loader._slot("a").drains == 1)
+            draining_since = anyio.current_time()
             assert worker.code is None
             assert loader.state("a") is SlotState.LOADED
+            await anyio.sleep(0.1)  # the request in flight takes a while longer
             lease.release()
+            drained = anyio.current_time() - draining_since
         report = reports[0]
+        assert report.seconds >= round(drained, 3)
         assert report.requests_drained == 1
         assert report.worker_exited
         assert report.pid == worker.pid
@@ -439,8 +458,9 @@ async def test_repeated_load_failures_back_off_instead_of_looping() -> None:
     launcher.failure = "out of memory"
     async with running(LazyLoader(policies("a"), launcher, load_backoff=0.3)) as loader:
         for _ in range(2):
-            with pytest.raises(LoadFailed):
+            with pytest.raises(LoadFailed) as failed:
                 await loader.acquire("a")
+            assert failed.value.retry_after >= 1
         assert launcher.launches["a"] == 2
         with pytest.raises(LoadFailed, match="next try in") as backing_off:
             await loader.acquire("a")
@@ -492,9 +512,9 @@ async def test_keep_alive_of_a_request_that_waited_through_an_unload_still_appli
         assert (await loader.snapshot("a")).seconds_until_unload is None
 
 
-async def test_a_worker_that_finishes_loading_during_shutdown_is_ended_not_kept() -> None:
+async def test_shutdown_calls_off_a_load_under_way_and_ends_its_worker() -> None:
     launcher = FakeLauncher()
-    launcher.gate = anyio.Event()
+    launcher.loading = anyio.Event()
     async with anyio.create_task_group() as task_group:
         loader = LazyLoader(policies("a"), launcher)
         loader.start(task_group)
@@ -504,9 +524,122 @@ async def test_a_worker_that_finishes_loading_during_shutdown_is_ended_not_kept(
                 await loader.acquire("a")
 
         task_group.start_soon(request)
-        await until(lambda: loader.state("a") is SlotState.LOADING)
-        await loader.shutdown(grace=0.05)
-        launcher.gate.set()
-        await until(lambda: bool(launcher.workers) and launcher.workers[0].code == 0)
+        await until(lambda: loader.snapshots_now()[0].pid is not None)
+        with anyio.fail_after(5):
+            reports = await loader.shutdown(grace=60)
+        assert launcher.workers[0].code == -9
+        assert [(report.previous_state, report.pid, report.exit_code) for report in reports] == [
+            (SlotState.LOADING, launcher.workers[0].pid, -9)
+        ]
         assert loader.state("a") is SlotState.UNLOADED
         task_group.cancel_scope.cancel()
+
+
+async def test_a_second_shutdown_waits_for_the_first_and_reports_the_same() -> None:
+    launcher = FakeLauncher()
+    async with anyio.create_task_group() as task_group:
+        loader = LazyLoader(policies("a"), launcher)
+        loader.start(task_group)
+        lease = await loader.acquire("a")
+        reports: dict[str, list[UnloadReport]] = {}
+
+        async def shutdown(name: str) -> None:
+            reports[name] = await loader.shutdown(grace=5)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(shutdown, "first")
+            await until(lambda: loader.closing)
+            group.start_soon(shutdown, "second")
+            await anyio.lowlevel.checkpoint()
+            assert reports == {}
+            lease.release()
+        task_group.cancel_scope.cancel()
+    assert reports["first"] == reports["second"]
+    assert [report.reason for report in reports["first"]] == [UnloadReason.SHUTDOWN]
+
+
+async def test_the_pid_shows_while_loading_and_a_load_past_its_timeout_fails_and_kills_the_worker() -> None:
+    launcher = FakeLauncher()
+    launcher.loading = anyio.Event()
+    errors: list[LoadFailed] = []
+    async with running(LazyLoader(policies("a"), launcher, load_timeout=0.2)) as loader:
+
+        async def request() -> None:
+            with pytest.raises(LoadFailed) as failed:
+                await loader.acquire("a")
+            errors.append(failed.value)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(request)
+            await until(lambda: loader.snapshots_now()[0].pid is not None)
+            worker = launcher.workers[0]
+            assert (loader.state("a"), loader.snapshots_now()[0].pid, worker.code) == (
+                SlotState.LOADING,
+                worker.pid,
+                None,
+            )
+        snapshot = await loader.snapshot("a")
+        assert (snapshot.state, snapshot.pid, worker.code) == (SlotState.FAILED, None, -9)
+        assert (
+            snapshot.last_error
+            == f"did not load within the load timeout of 0.2 s; its worker (pid {worker.pid}) was killed"
+        )
+        assert "load timeout" in str(errors[0])
+        assert errors[0].retry_after >= 1
+        assert [event["event"] for event in loader.events][-1] == "model_load_failed"
+
+
+async def test_a_model_s_own_load_timeout_overrides_the_loader_s() -> None:
+    launcher = FakeLauncher()
+    launcher.loading = anyio.Event()
+    loader = LazyLoader(
+        {"quick": ModelPolicy(idle_timeout=300), "patient": ModelPolicy(idle_timeout=300, load_timeout=600)},
+        launcher,
+        load_timeout=0.1,
+    )
+    async with running(loader):
+        async with anyio.create_task_group() as group:
+            group.start_soon(loader.load, "patient")
+            await until(lambda: loader.state("patient") is SlotState.LOADING)
+            with pytest.raises(LoadFailed, match=r"load timeout of 0\.1 s"):
+                await loader.load("quick")
+            assert loader.state("patient") is SlotState.LOADING
+            launcher.loading.set()
+        assert loader.state("patient") is SlotState.LOADED
+
+
+async def test_unloading_a_loading_model_calls_off_the_load_ends_its_worker_and_frees_its_room() -> None:
+    launcher = FakeLauncher()
+    launcher.loading = anyio.Event()
+    waiting: list[ModelUnavailable] = []
+    async with running(LazyLoader(policies("a", "b"), launcher, max_loaded=1, capacity_wait=0.1)) as loader:
+
+        async def request() -> None:
+            with pytest.raises(LoadCalledOff) as called_off:
+                await loader.acquire("a")
+            waiting.append(called_off.value)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(request)
+            await until(lambda: loader.snapshots_now()[0].pid is not None)
+            with pytest.raises(CapacityExhausted):
+                await loader.acquire("b")
+            report = await loader.unload("a")
+        worker = launcher.workers[0]
+        assert (report.previous_state, report.state, report.reason) == (
+            SlotState.LOADING,
+            SlotState.UNLOADED,
+            UnloadReason.MANUAL,
+        )
+        assert (report.worker_exited, report.pid, report.exit_code, worker.code) == (True, worker.pid, -9, -9)
+        assert report.freed_rss_bytes == 1000
+        assert waiting[0].retry_after is not None
+        snapshot = await loader.snapshot("a")
+        assert (snapshot.state, snapshot.pid, snapshot.last_unload_reason) == (
+            SlotState.UNLOADED,
+            None,
+            UnloadReason.MANUAL,
+        )
+        launcher.loading.set()
+        (await loader.acquire("b")).release()
+        assert loader.state("b") is SlotState.LOADED

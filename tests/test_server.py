@@ -7,6 +7,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -14,6 +16,7 @@ import pytest
 
 from service.memory import process_exists
 from tests.conftest import ServerProcess, child_pids
+from tests.support.engines import TONE_ENGINE
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +126,69 @@ def test_help_lists_the_options() -> None:
     )
     for flag in ("--host", "--port", "--idle-timeout", "--models-dir", "--default-model"):
         assert flag in result.stdout
+
+
+SHUTDOWN_MODELS = f"""
+[[models]]
+id = "long"
+engine = "{TONE_ENGINE}"
+options = {{ chunks = 400, chunk_seconds = 0.05 }}
+
+[[models]]
+id = "streamed"
+engine = "{TONE_ENGINE}"
+options = {{ chunks = 400, chunk_seconds = 0.05 }}
+
+[[models]]
+id = "loading"
+engine = "{TONE_ENGINE}"
+options = {{ load_seconds = 120 }}
+"""
+
+
+def _speak(base_url: str, model: str, stream: bool) -> tuple[int, str, str | None, bytes | None]:
+    """One speech request: its status, content type, Retry-After and body (None: a stream that ended unfinished)."""
+    body = {"model": model, "input": "x", "response_format": "pcm"} | ({"stream_format": "audio"} if stream else {})
+    with httpx.stream("POST", f"{base_url}/v1/audio/speech", json=body, timeout=60) as response:
+        headers = response.status_code, response.headers.get("content-type", ""), response.headers.get("retry-after")
+        try:
+            return *headers, response.read()
+        except httpx.RemoteProtocolError:
+            return *headers, None
+
+
+def test_requests_unanswered_when_the_grace_runs_out_get_503_json_and_the_server_exits_zero(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text(SHUTDOWN_MODELS)
+    server = start_server("--models-config", str(config), "--shutdown-grace", "1")
+    for model in ("long", "streamed"):
+        assert httpx.post(f"{server.base_url}/api/v1/models/{model}/load", timeout=60).status_code == 200
+    sends = [("long", False)] * 3 + [("streamed", True)] * 2 + [("loading", False)]
+    with ThreadPoolExecutor(len(sends)) as pool:
+        futures = [pool.submit(_speak, server.base_url, model, stream) for model, stream in sends]
+        deadline = time.monotonic() + 30
+        while True:
+            status = httpx.get(f"{server.base_url}/api/v1/models/status", timeout=10).json()
+            waiting = {model: (status[model]["in_flight"], status[model]["queued"]) for model in status}
+            if waiting["long"] == (1, 2) and waiting["streamed"] == (1, 1) and waiting["loading"] == (0, 1):
+                break
+            assert time.monotonic() < deadline, waiting
+            time.sleep(0.05)
+        workers = child_pids(server.process.pid)
+        server.process.send_signal(signal.SIGTERM)
+        answers = [future.result(timeout=60) for future in futures]
+    assert server.process.wait(timeout=30) == 0
+    for (model, stream), (code, content_type, retry_after, content) in zip(sends, answers, strict=True):
+        if code == 200:
+            assert stream, model
+            continue
+        assert (code, content_type, retry_after is not None) == (503, "application/json", True), (model, content)
+        assert content is not None
+        assert set(json.loads(content)["error"]) == {"message", "type", "param", "code"}
+    assert sorted(code for code, *_ in answers) == [200] + [503] * 5
+    assert "Exception in ASGI application" not in server.log()
+    assert "timeout graceful shutdown exceeded" not in server.log()
+    assert len(workers) == 3
+    assert all(wait_gone(pid) for pid in workers)

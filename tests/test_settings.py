@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -259,3 +261,37 @@ def test_every_setting_has_a_converter_for_its_type() -> None:
     from service.settings import _CONVERTERS
 
     assert [name for name, hint in get_type_hints(Settings).items() if hint not in _CONVERTERS] == []
+
+
+def test_help_shows_each_default_as_it_would_be_typed() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "COLUMNS": "1000"},  # no wrapping inside a help text
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    entries = {
+        entry.split()[0]: " ".join(entry.split())
+        for entry in re.split(r"\n(?=  -)", completed.stdout.split("options:", 1)[1])
+        if entry.strip()
+    }
+    for flag, default in [
+        ("--host", "127.0.0.1"),
+        ("--idle-timeout", "300"),
+        ("--auto-unload", "true"),
+        ("--models-dir", "none"),
+        ("--preload", "none"),
+        ("--api-key", "none"),
+        ("--data-dir", str(PROJECT_ROOT / "data")),
+        ("--log-format", "auto"),
+    ]:
+        assert entries[flag].endswith(f"(default: {default})"), entries[flag]
+    # a help text that says its default itself is not followed by another
+    assert entries["--audio-url-prefixes"].count("(default:") == 1
+    assert entries["--worker-python"].count("(default:") == 1
+    for unnatural in ("PosixPath", "()", "None"):
+        assert unnatural not in completed.stdout

@@ -21,9 +21,18 @@ from service.audio_input import AudioDecoder
 from service.engines.base import AudioClip
 from service.errors import ApiError
 from service.model_config import ModelConfigError, load_voice_presets
-from service.voices import MAX_TRANSCRIPT_CHARS, UnknownVoice, Voice, VoiceConflict, VoiceError, VoiceLibrary
+from service.voices import (
+    MAX_TRANSCRIPT_CHARS,
+    UnknownVoice,
+    Voice,
+    VoiceConflict,
+    VoiceError,
+    VoiceLibrary,
+    VoiceStorageFull,
+)
 from tests.conftest import serve
 from tests.support.audio import RATE, tone, wav_bytes
+from tests.support.disks import small_disk
 
 
 def clip(seconds: float = 1.0) -> AudioClip:
@@ -165,6 +174,28 @@ def test_concurrent_adds_of_one_name_give_one_voice_and_one_conflict(
     kinds = sorted(type(outcome).__name__ for outcome in outcomes)
     assert kinds == ["Voice", "VoiceConflict"], outcomes
     assert tree(tmp_path / "voices") == ["twin", "twin/voice.json", "twin/voice.wav"]
+
+
+def test_a_full_disk_refuses_the_voice_and_leaves_the_library_as_it_was(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "128k") as data_dir:  # room for a 1 s clip (48 KB), not for a 5 s one
+        library = VoiceLibrary(data_dir, [])
+        kept = library.add("kept", clip(1.0), "Hi.")
+        before = tree(data_dir)
+        with pytest.raises(VoiceStorageFull) as full:
+            library.add("large", clip(5.0), "This one does not fit.")
+        assert (full.value.status, full.value.code, full.value.param) == (507, "insufficient_storage", None)
+        assert str(full.value) == "the voice library's disk is full (No space left on device); 'large' was not stored"
+        assert tree(data_dir) == before == ["voices", "voices/kept", "voices/kept/voice.json", "voices/kept/voice.wav"]
+        assert library.all() == [kept]
+
+
+def test_staging_folders_left_by_an_interrupted_add_are_swept_at_start_up(tmp_path: Path) -> None:
+    VoiceLibrary(tmp_path, []).add("kept", clip(), "Hi.")
+    leftover = tmp_path / "voices" / ".lost-x1y2z3w4"
+    leftover.mkdir()
+    (leftover / "voice.wav").write_bytes(b"RIFF, cut short by a full disk or a crash")
+    VoiceLibrary(tmp_path, [])
+    assert tree(tmp_path / "voices") == ["kept", "kept/voice.json", "kept/voice.wav"]
 
 
 def test_get_of_an_invalid_name_is_a_400_and_of_a_missing_one_a_404(tmp_path: Path) -> None:

@@ -150,3 +150,41 @@ async def test_the_worker_is_released_when_it_is_done_not_when_the_reader_is(tas
         assert len(rest) == 4
     finally:
         await worker.stop()
+
+
+async def test_a_spawned_worker_has_its_pid_while_loading_and_a_cancelled_wait_kills_it_even_stopped(
+    task_group: TaskGroup,
+) -> None:
+    worker = await WorkerProcess.spawn(tone(load_seconds=60), task_group)
+    assert process_exists(worker.pid)
+    os.kill(worker.pid, signal.SIGSTOP)
+    with anyio.move_on_after(0.5) as waiting:
+        await worker.ready()
+    assert waiting.cancelled_caught
+    assert not process_exists(worker.pid)
+    with anyio.fail_after(5):
+        assert await worker.wait() == -signal.SIGKILL
+
+
+async def test_stopping_a_worker_ends_its_request_in_flight_without_waiting_for_the_chunk(
+    task_group: TaskGroup, tmp_path: Path
+) -> None:
+    requests = tmp_path / "requests"
+    worker = await WorkerProcess.start(tone(chunk_seconds=60, requests_file=str(requests)), task_group)
+    failures: list[WorkerCrashed] = []
+
+    async def speak() -> None:
+        with pytest.raises(WorkerCrashed, match="shut down") as crashed:
+            _ = [chunk async for chunk in worker.synthesize(SynthesisRequest("long chunks", "tone"))]
+        failures.append(crashed.value)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(speak)
+        with anyio.fail_after(10):
+            while not requests.exists():
+                await anyio.sleep(0.01)
+        group.start_soon(worker.stop)
+        with anyio.fail_after(3):
+            while not failures:
+                await anyio.sleep(0.01)
+    assert not process_exists(worker.pid)

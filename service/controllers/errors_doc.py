@@ -52,6 +52,17 @@ _ERRORS: dict[int, tuple[str, tuple[str, str | None, str | None]]] = {
         "API keys are configured (API_KEY / API_KEYS_FILE) and the request carries no valid one.",
         ("an API key is required: send 'Authorization: Bearer <key>'", None, "invalid_api_key"),
     ),
+    403: (
+        "A write (POST, PUT, PATCH, DELETE) sent from another site's page: its Origin, Referer or Sec-Fetch-Site "
+        "names another site, or it carries the session cookie and none of them. Bearer-key requests are never "
+        "refused.",
+        (
+            "a write from another site's page is refused: it came from http://evil.example, not this server; API "
+            "clients send a Bearer key",
+            None,
+            "cross_origin_request",
+        ),
+    ),
     404: (
         "Unknown model or voice; the message lists the known ones.",
         ("unknown model 'nope'; known models: piper-joe, tts-1, tts-1-hd", "model", "model_not_found"),
@@ -84,6 +95,14 @@ _ERRORS: dict[int, tuple[str, tuple[str, str | None, str | None]]] = {
         "GENERATION_TIMEOUT and the watchdog stopped its worker (generation_timeout).",
         ("waited 600 s for model 'piper-joe' to load and be free; try again later", None, "timeout"),
     ),
+    507: (
+        "The disk under DATA_DIR is full (or over quota): the voice was not stored and nothing of it was left.",
+        (
+            "the voice library's disk is full (No space left on device); 'narrator' was not stored",
+            None,
+            "insufficient_storage",
+        ),
+    ),
 }
 # what every route but the public ones (health, login, static files) can answer
 KEY_REQUIRED = frozenset({401})
@@ -115,7 +134,7 @@ def not_ready_response() -> dict[int, ResponseSpec]:
 
 _AUDIO = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
 _STRING = Schema(type=OpenAPIType.STRING)
-# one server-sent event: its `data` is JSON, a chunk of base64 audio or the end of the stream
+# one server-sent event: its `data` is JSON, a chunk of base64 audio, the end of the stream or why it ended early
 _EVENT = Schema(
     type=OpenAPIType.OBJECT,
     required=["data"],
@@ -138,6 +157,16 @@ _EVENT = Schema(
                         type=OpenAPIType.OBJECT,
                         required=["type"],
                         properties={"type": Schema(const="speech.audio.done")},
+                    ),
+                    Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["type", "error"],
+                        description="The stream could not be finished (its worker died, or the watchdog ended it); "
+                        "no done event follows and the body ends unfinished.",
+                        properties={
+                            "type": Schema(const="error"),
+                            "error": Reference("#/components/schemas/OpenAIErrorDetail"),
+                        },
                     ),
                 ]
             ),

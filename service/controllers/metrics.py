@@ -14,4 +14,5 @@ class MetricsController(Controller):
     @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST, responses=error_responses())
     async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
         """Prometheus metrics: loads, unloads by reason, loaded models, queue depth, latency, real-time factor."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        # given as the header: from a media type, Litestar would append a second charset to this text/ one's own
+        return Response(metrics.render(), headers={"content-type": CONTENT_TYPE_LATEST})

@@ -168,6 +168,7 @@ class ModelPagesController(Controller):
     ) -> Template:
         """What a request for this model is waiting for now: its load (elapsed against the last load), its turn,
         or the generation. The pages poll it while a request is pending."""
-        status = await admin.status(model_id)
-        progress = load_progress(status, load_started(admin.loader, model_id)) if status["state"] == "loading" else None
-        return fragment("partials/progress.html", {"model": model_id, "status": status, "progress": progress})
+        model = admin.catalog.lookup(model_id).id
+        status = await admin.status(model)
+        progress = load_progress(status, load_started(admin.loader, model)) if status["state"] == "loading" else None
+        return fragment("partials/progress.html", {"model": model, "status": status, "progress": progress})

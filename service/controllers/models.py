@@ -11,7 +11,7 @@ from service.controllers.errors_doc import error_responses
 from service.model_admin import ModelAdmin
 
 
-class ModelSettings(msgspec.Struct, kw_only=True):
+class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Settings to change; fields left out stay as they are."""
 
     idle_timeout: Annotated[float | None, msgspec.Meta(description="Seconds idle before unload; <0: never.")] = None
@@ -40,18 +40,23 @@ class ModelsController(Controller):
         return await admin.status(model_id)
 
     @post(
-        "/{model_id:str}/load", operation_id="loadModel", status_code=200, responses=error_responses(400, 404, 429, 503)
+        "/{model_id:str}/load",
+        operation_id="loadModel",
+        status_code=200,
+        responses=error_responses(400, 403, 404, 429, 503),
     )
     async def load(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """Load the model now (no-op if loaded); answers with its status once it is loaded."""
         return await admin.load(model_id)
 
-    @post("/{model_id:str}/unload", operation_id="unloadModel", status_code=200, responses=error_responses(400, 404))
+    @post(
+        "/{model_id:str}/unload", operation_id="unloadModel", status_code=200, responses=error_responses(400, 403, 404)
+    )
     async def unload(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
         """Let requests in flight finish, end the worker, and report the memory freed."""
         return await admin.unload(model_id)
 
-    @patch("/{model_id:str}", operation_id="configureModel", responses=error_responses(400, 404, 413))
+    @patch("/{model_id:str}", operation_id="configureModel", responses=error_responses(400, 403, 404, 413))
     async def configure(
         self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str], data: JSONBody[ModelSettings]
     ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ log = structlog.get_logger("service.controllers.openai")
 # the status nginx made common for a client that went away before the answer
 CLIENT_CLOSED_REQUEST = 499
 # what a speech or edit request can answer besides its audio
-SPEECH_ERRORS = error_responses(400, 404, 413, 429, 500, 503, 504)
+SPEECH_ERRORS = error_responses(400, 403, 404, 413, 429, 500, 503, 504)
 
 _EXAMPLES = [
     Example(
@@ -201,6 +201,9 @@ class OpenAIController(Controller):
             raise ApiError(400, f"payload: {error}", param="payload", code="invalid_value") from error
         except msgspec.DecodeError as error:
             raise ApiError(400, f"payload is not valid JSON: {error}", param="payload", code="invalid_json") from error
+        except RecursionError as error:
+            message = "payload is JSON nested too deep to decode"
+            raise ApiError(400, message, param="payload", code="invalid_json") from error
         uploads = {
             name: await upload.read()
             for name, upload in (

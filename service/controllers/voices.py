@@ -36,7 +36,7 @@ class VoicesController(Controller):
         listed = await anyio.to_thread.run_sync(voices.all)
         return {"object": "list", "data": [voice.public() for voice in listed]}
 
-    @post("/", operation_id="addVoice", status_code=201, responses=error_responses(400, 409, 413))
+    @post("/", operation_id="addVoice", status_code=201, responses=error_responses(400, 403, 409, 413, 507))
     async def add_voice(
         self,
         voices: NamedDependency[VoiceLibrary],
@@ -62,7 +62,7 @@ class VoicesController(Controller):
         voice = await anyio.to_thread.run_sync(voices.get, name)
         return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
 
-    @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 404, 409))
+    @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 403, 404, 409))
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
         """Delete an uploaded voice (presets are read-only)."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)

@@ -13,11 +13,40 @@ if TYPE_CHECKING:
     from piper import PiperVoice
 
 
+# what piper's PiperConfig.from_dict reads without a default: (path in the JSON, shown as)
+_REQUIRED_CONFIG = (
+    (("num_symbols",), "num_symbols"),
+    (("num_speakers",), "num_speakers"),
+    (("audio", "sample_rate"), "audio.sample_rate"),
+    (("espeak", "voice"), "espeak.voice"),
+    (("phoneme_id_map",), "phoneme_id_map"),
+)
+
+
+class PiperVoiceError(ValueError):
+    """A voice's .onnx.json that piper cannot use; the message names the file and what it lacks."""
+
+
+def _lacks(config: object, path: tuple[str, ...]) -> bool:
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return True
+        config = config[key]
+    return False
+
+
 def _voice_config(options: Mapping[str, Any]) -> dict[str, Any]:
     model_path = Path(options["model_path"])
     config_path = Path(options.get("config_path") or f"{model_path}.json")
-    config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-    return config
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PiperVoiceError(f"{config_path} cannot be read as a Piper voice config: {error}") from error
+    missing = [name for path, name in _REQUIRED_CONFIG if _lacks(config, path)]
+    if missing:
+        raise PiperVoiceError(f"{config_path} is not a complete Piper voice config: it lacks {', '.join(missing)}")
+    checked: dict[str, Any] = config
+    return checked
 
 
 class PiperEngine:

@@ -30,3 +30,9 @@ async def test_metrics_count_loads_requests_and_unloads(client: AppClient) -> No
     unloaded = (await client.get("/metrics")).text
     assert sample(unloaded, "tts_model_unloads_total", 'reason="manual"') == 1
     assert sample(unloaded, "tts_model_loaded", 'model="piper-joe"') == 0
+
+
+async def test_metrics_content_type_gives_each_parameter_once(client: AppClient) -> None:
+    """Prometheus 3 refuses a scrape whose Content-Type repeats a parameter."""
+    response = await client.get("/metrics")
+    assert response.headers.get_list("content-type") == ["text/plain; version=1.0.0; charset=utf-8"]

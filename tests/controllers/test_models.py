@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import anyio
+import httpx
 import pytest
 
 from service.memory import process_exists
@@ -153,3 +158,102 @@ async def test_a_worker_killed_mid_request_gives_a_clear_503_and_the_model_recov
         again = await client.post("/v1/audio/speech", json={"model": "slow", "input": "x", "keep_alive": 0})
         assert again.status_code == 200
         assert again.headers["x-cold-start"] == "true"
+
+
+async def _loading_pid(client: AppClient, model: str) -> int:
+    """The pid the status shows for a model whose load is under way (waits until the worker has started)."""
+    with anyio.fail_after(20):
+        while True:
+            status = (await client.get(f"/api/v1/models/{model}/status")).json()
+            if status["state"] == "loading" and status["pid"] is not None:
+                pid: int = status["pid"]
+                return pid
+            await anyio.sleep(0.02)
+
+
+async def test_a_load_that_hangs_shows_its_pid_then_fails_on_the_load_timeout_leaving_no_process(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", max_loaded_models=1, load_timeout=3.0, capacity_wait=0.5)
+    async with make_client(settings, (tone_model("hangs", load_seconds=120), tone_model("other"))) as client:
+        answers: list[httpx.Response] = []
+
+        async def load() -> None:
+            answers.append(await client.post("/api/v1/models/hangs/load"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(load)
+            pid = await _loading_pid(client, "hangs")
+            os.kill(pid, signal.SIGSTOP)
+        (answer,) = answers
+        assert (answer.status_code, "Retry-After" in answer.headers) == (503, True)
+        assert "load timeout of 3 s" in answer.json()["error"]["message"]
+        status = (await client.get("/api/v1/models/hangs/status")).json()
+        assert (status["state"], status["pid"]) == ("failed", None)
+        assert f"did not load within the load timeout of 3 s; its worker (pid {pid}) was killed" in status["last_error"]
+        assert not process_exists(pid)
+        assert (await client.post("/api/v1/models/other/load")).status_code == 200
+
+
+async def test_unloading_a_model_while_it_loads_answers_at_once_and_ends_its_stopped_worker(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", max_loaded_models=1, capacity_wait=0.5)
+    async with make_client(settings, (tone_model("hangs", load_seconds=120), tone_model("other"))) as client:
+        answers: list[httpx.Response] = []
+
+        async def load() -> None:
+            answers.append(await client.post("/api/v1/models/hangs/load"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(load)
+            pid = await _loading_pid(client, "hangs")
+            os.kill(pid, signal.SIGSTOP)
+            assert (await client.post("/api/v1/models/other/load")).status_code == 503  # no room while it loads
+            with anyio.fail_after(10):
+                report = (await client.post("/api/v1/models/hangs/unload")).json()
+        assert (report["previous_state"], report["state"], report["reason"]) == ("loading", "unloaded", "manual")
+        assert (report["worker_exited"], report["pid"], report["exit_code"]) == (True, pid, -signal.SIGKILL)
+        assert not process_exists(pid)
+        (answer,) = answers
+        assert (answer.status_code, "Retry-After" in answer.headers) == (503, True)
+        assert "called off" in answer.json()["error"]["message"]
+        status = (await client.get("/api/v1/models/hangs/status")).json()
+        assert (status["state"], status["pid"], status["last_unload_reason"]) == ("unloaded", None, "manual")
+        assert (await client.post("/api/v1/models/other/load")).status_code == 200
+
+
+async def test_a_failed_load_answers_503_with_retry_after_from_the_first_failure(make_client: ClientFactory) -> None:
+    async with make_client(Settings(), (tone_model("broken", fail_load="no weights here"),)) as client:
+        for _ in range(2):
+            answer = await client.post("/api/v1/models/broken/load")
+            assert (answer.status_code, answer.headers.get("Retry-After")) == (503, "1")
+            assert "no weights here" in answer.json()["error"]["message"]
+
+
+async def test_aliases_work_wherever_a_model_id_does(client: AppClient) -> None:
+    assert (await client.get("/api/v1/models/tts-1/status")).json() == (
+        await client.get("/api/v1/models/piper-joe/status")
+    ).json()
+    pinned = await client.patch("/api/v1/models/tts-1", json={"pinned": True})
+    assert (pinned.status_code, pinned.json()["pinned"]) == (200, True)
+    assert (await client.get("/api/v1/models/piper-joe/status")).json()["pinned"] is True
+    loaded = await client.post("/api/v1/models/tts-1-hd/load")
+    assert (loaded.status_code, loaded.json()["state"]) == (200, "loaded")
+    progress = await client.get("/models/tts-1/progress", headers={"HX-Request": "true"})
+    assert (progress.status_code, "piper-joe" in progress.text) == (200, True)
+    assert (await client.post("/models/tts-1/unpin")).status_code == 200
+    report = (await client.post("/api/v1/models/tts-1/unload")).json()
+    assert (report["model"], report["worker_exited"]) == ("piper-joe", True)
+
+
+async def test_patch_refuses_unknown_fields_and_a_negative_idle_timeout_means_never(client: AppClient) -> None:
+    unknown = await client.patch("/api/v1/models/piper-joe", json={"idletimeout": 5})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "idletimeout"
+    assert "unknown field `idletimeout`" in unknown.json()["error"]["message"]
+    assert (await client.get("/api/v1/models/piper-joe/status")).json()["idle_timeout"] == 300
+    never = (await client.patch("/api/v1/models/piper-joe", json={"idle_timeout": -1})).json()
+    assert never["idle_timeout"] == -1
+    loaded = (await client.post("/api/v1/models/piper-joe/load")).json()
+    assert (loaded["state"], loaded["time_until_unload"]) == ("loaded", None)

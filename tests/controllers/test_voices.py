@@ -14,6 +14,7 @@ from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory
 from tests.support.audio import RATE, tone, wav_bytes
 from tests.support.checkouts import CHECKOUTS_ENV, example_voices
+from tests.support.disks import small_disk
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -211,11 +212,31 @@ async def test_a_body_over_the_request_limit_is_refused_in_the_error_shape(
         assert (await client.get("/v1/voices")).status_code == 200
 
 
+async def test_a_full_disk_is_a_507_naming_it_and_stores_nothing(make_client: ClientFactory, tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "256k") as data_dir:  # room for a 1 s clip, not for a 10 s one (480 KB)
+        async with make_client(Settings(data_dir=data_dir)) as client:
+            assert (await upload(client, "kept", wav_bytes(1.0))).status_code == 201
+            before = tree(data_dir / "voices")
+            response = await upload(client, "large", wav_bytes(10.0))
+            assert response.status_code == 507, response.text
+            assert response.json() == {
+                "error": {
+                    "message": "the voice library's disk is full (No space left on device); 'large' was not stored",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "insufficient_storage",
+                }
+            }
+            assert tree(data_dir / "voices") == before == ["kept", "kept/voice.json", "kept/voice.wav"]
+            assert [voice["name"] for voice in (await client.get("/v1/voices")).json()["data"]] == ["kept"]
+
+
 async def test_a_file_that_is_not_audio_is_a_400(client: AppClient, data_dir: Path) -> None:
     response = await upload(client, "text", b"just some text, certainly not a WAV file\n" * 50)
     assert response.status_code == 400, response.text
     error = error_of(response)
     assert (error["param"], error["code"]) == ("audio", "invalid_audio")
+    assert error["message"] == "audio is not audio this server can read (wav, flac, ogg, mp3): Format not recognised."
     assert tree(data_dir) == []
 
 
