@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,11 @@ import soxr
 from piper import PiperVoice
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from service.memory import process_exists  # noqa: E402
+from tests.support.processes import free_port, memory_kib, thread_children  # noqa: E402
+
 TEXT = "The quick brown fox jumps over the lazy dog. A second sentence gives the voice a little more to say."
 MODEL_ID = "piper-joe"
 SPEECH_BODY = {"model": "tts-1", "input": TEXT, "response_format": "pcm"}
@@ -82,45 +86,18 @@ def ratio(numerator: float, denominator: float) -> float:
 def proc_status(pid: int) -> dict[str, int]:
     """VmHWM (peak resident set) and VmRSS of a live process in bytes; empty when it is gone."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        kib = memory_kib(pid)
+    except (OSError, KeyError):  # gone, or a zombie (no memory of its own left)
         return {}
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in {"VmHWM", "VmRSS"}:
-            values[key] = int(rest.split()[0]) * 1024
-    return values
+    return {name: kib[name] * 1024 for name in ("VmHWM", "VmRSS")}
 
 
 def child_pids(pid: int) -> list[int]:
-    """Direct children of every thread of a process (zombies included), from /proc/<pid>/task/*/children."""
-    children: list[int] = []
-    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
-        try:
-            children.extend(int(child) for child in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return sorted(set(children))
-
-
-def process_alive(pid: int) -> bool:
-    """Whether the pid names a process that exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    """Direct children of every thread of a process (zombies included), each once, in order of pid."""
+    return sorted(set(thread_children(pid)))
 
 
 # ---- the server under test
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Server:
@@ -449,14 +426,14 @@ def run(runs: int, cold_runs: int, reaper_rounds: int, log_dir: Path) -> dict[st
         memory.server_after_unload = proc_status(server.pid)
         memory.children_after_unload = child_pids(server.pid)
         if memory.worker_pid is not None:
-            memory.worker_alive_after_unload = process_alive(memory.worker_pid)
+            memory.worker_alive_after_unload = process_exists(memory.worker_pid)
 
         log(f"cold: fresh-process load + synthesize and service requests after unload, {cold_runs} runs each")
         cold = measure_cold(server, cold_runs)
         pid = server.status()["pid"]
         if pid is not None:
             worker_pids.add(pid)
-    memory.workers_alive_after_shutdown = sorted(pid for pid in worker_pids if process_alive(pid))
+    memory.workers_alive_after_shutdown = sorted(pid for pid in worker_pids if process_exists(pid))
 
     log(f"reaper with --idle-timeout {REAPER_IDLE_TIMEOUT:g}, {reaper_rounds} rounds")
     reaper = measure_reaper(log_dir, reaper_rounds)

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,10 @@ from typing import Any
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from tests.support.processes import child_pids, free_port  # noqa: E402
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz '"
 TEXT = "the quick brown fox jumps over the lazy dog"
 
@@ -86,22 +89,10 @@ def descendants(pid: int) -> set[int]:
     found: set[int] = set()
     pending = [pid]
     while pending:
-        current = pending.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
+        for child in child_pids(pending.pop()):
             found.add(child)
             pending.append(child)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def check_model(client: httpx.Client, model: str, server_pid: int) -> dict[str, Any]:

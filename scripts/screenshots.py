@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,19 +27,13 @@ from playwright.sync_api import Page, expect, sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.processes import free_port  # noqa: E402
 from tests.support.step_audio_standin import write_standin  # noqa: E402
 from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 NARRATOR_TEXT = "The quick brown fox jumps over the lazy dog, and the narrator tells the story."
 GUIDE_TEXT = "Welcome! I will guide you through the speech server."
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start(args: list[str], data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

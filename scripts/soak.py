@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,11 @@ import anyio
 import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from service.memory import process_exists, process_rss_bytes  # noqa: E402
+from tests.support.processes import cmdline, fd_count, free_port, thread_children  # noqa: E402
+
 TONE_ENGINE = "tests.support.engines:ToneEngine"
 # what a speech request may answer: 413 for a body past the upload limit; a client never sees 499
 SPEECH_STATUSES = frozenset({200, 400, 404, 413, 429, 503, 504})
@@ -156,47 +160,19 @@ class Request:
 # ---- /proc
 
 
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def is_worker(pid: int) -> bool:
-    return "service.worker_main" in cmdline(pid) and not is_zombie(pid)
+    return "service.worker_main" in cmdline(pid) and process_exists(pid)
 
 
 def workers_of(server: int) -> list[int]:
-    return [pid for pid in children(server) if is_worker(pid)]
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return [pid for pid in thread_children(server) if is_worker(pid)]
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    rss = process_rss_bytes(pid)
+    if rss is None:
+        raise RuntimeError(f"no VmRSS for {pid}")
+    return rss / MIB
 
 
 # ---- requests
@@ -386,7 +362,7 @@ async def chaos_loop(
                 continue
             pids = [entry["pid"] for entry in status.values() if entry["pid"]]
             # a pid from the status may have ended since: kill only a live worker of this server
-            pids = [pid for pid in pids if pid in children(server) and is_worker(pid)]
+            pids = [pid for pid in pids if pid in thread_children(server) and is_worker(pid)]
             if pids:
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 chaos.kills += 1
@@ -431,13 +407,6 @@ class Server:
                 if record.get("event") == name:
                     found.append(record)
         return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start_server(settings: Settings, models_config: Path, folder: Path) -> Server:

@@ -282,11 +282,9 @@ class LazyLoader(Generic[W]):
         load_backoff: float = 1.0,
         max_load_backoff: float = 60.0,
         load_timeout: float = 300.0,
-        concurrency: Mapping[str, int] | None = None,
     ) -> None:
         self._slots: dict[str, _Slot[W]] = {
-            model: _Slot(model, replace(policy), anyio.Semaphore((concurrency or {}).get(model, 1)))
-            for model, policy in policies.items()
+            model: _Slot(model, replace(policy), anyio.Semaphore(1)) for model, policy in policies.items()
         }
         self._launcher = launcher
         self._max_loaded = max_loaded
@@ -683,40 +681,35 @@ class LazyLoader(Generic[W]):
     ) -> UnloadReport:
         """End the slot's worker; shielded, so a cancelled caller never leaves the slot half-unloaded. The report's
         seconds count from `started`."""
-        with anyio.CancelScope(shield=True):
-            report = await self._stop_worker_unshielded(slot, reason, drained, previous, started)
-        return report
-
-    async def _stop_worker_unshielded(
-        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState, started: float
-    ) -> UnloadReport:
         worker = slot.worker
         if worker is None or slot.state is not SlotState.LOADED:
             return self._report(slot, previous, None, drained, None, None, None, anyio.current_time() - started)
-        idle_seconds = anyio.current_time() - slot.idle_since if slot.admitted == 0 else 0.0
-        slot.state = SlotState.UNLOADING
-        self._notify(slot)
-        usage = await worker.memory()
-        exit_code = await worker.stop()
-        slot.worker = None
-        slot.state = SlotState.UNLOADED
-        slot.keep_alive = None
-        slot.last_unload_reason = reason
-        slot.unloads[reason] += 1
-        seconds = anyio.current_time() - started
-        self._record(
-            "model_unloaded",
-            slot,
-            reason=reason,
-            pid=worker.pid,
-            exit_code=exit_code,
-            idle_seconds=round(idle_seconds, 3),
-            requests_drained=drained,
-            freed_rss_bytes=usage.rss_bytes,
-            freed_gpu_bytes=usage.gpu_bytes,
-        )
-        self._notify(slot)
-        return self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
+        with anyio.CancelScope(shield=True):
+            idle_seconds = anyio.current_time() - slot.idle_since if slot.admitted == 0 else 0.0
+            slot.state = SlotState.UNLOADING
+            self._notify(slot)
+            usage = await worker.memory()
+            exit_code = await worker.stop()
+            slot.worker = None
+            slot.state = SlotState.UNLOADED
+            slot.keep_alive = None
+            slot.last_unload_reason = reason
+            slot.unloads[reason] += 1
+            seconds = anyio.current_time() - started
+            self._record(
+                "model_unloaded",
+                slot,
+                reason=reason,
+                pid=worker.pid,
+                exit_code=exit_code,
+                idle_seconds=round(idle_seconds, 3),
+                requests_drained=drained,
+                freed_rss_bytes=usage.rss_bytes,
+                freed_gpu_bytes=usage.gpu_bytes,
+            )
+            self._notify(slot)
+            report = self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
+        return report
 
     def _report(
         self,
@@ -811,9 +804,6 @@ class LazyLoader(Generic[W]):
         slot = self._slot(model)
         memory = await slot.process.memory() if slot.process is not None else None
         return self._snapshot(slot, memory)
-
-    async def snapshots(self) -> list[SlotSnapshot]:
-        return [await self.snapshot(model) for model in self._slots]
 
     def snapshots_now(self) -> list[SlotSnapshot]:
         """Every slot's state without measuring memory (for synchronous readers such as metrics)."""

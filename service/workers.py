@@ -172,7 +172,6 @@ class WorkerProcess:
         self._stopping = False
         self.returncode: int | None = None
         self.exit_reason: str | None = None
-        self.load_seconds = 0.0
         self.gpu_memory = GpuMemory()
 
     @property
@@ -211,7 +210,6 @@ class WorkerProcess:
             returncode = await self._end_unready(kill=False)
             reason = answer.header.get("error") if answer is not None else None
             raise WorkerLoadError(reason or f"worker exited with code {returncode} before it was ready")
-        self.load_seconds = float(answer.header["load_seconds"])
         self.gpu_memory = GpuMemory(**answer.header["gpu"])
         self._task_group.start_soon(self._pump)
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from service.lazy_loader import LazyLoader, ModelPolicy
 from service.settings import PROJECT_ROOT, Settings
 from service.workers import WorkerProcess
 from tests.support.engines import TONE_ENGINE
+from tests.support.processes import free_port
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -112,22 +112,6 @@ def make_client(tmp_path: Path) -> ClientFactory:
 async def client(make_client: ClientFactory) -> AsyncIterator[AppClient]:
     async with make_client() as app_client:
         yield app_client
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of a process, from /proc."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        return [int(child) for child in children.read_text().split()]
-    except OSError:
-        return []
 
 
 class ServerProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import select
 import socket
 import time
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.support.processes import fd_count
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,6 @@ BOUND = 60.0
 def address(server: ServerProcess) -> tuple[str, int]:
     host, port = server.base_url.removeprefix("http://").split(":")
     return host, int(port)
-
-
-def open_fds(server: ServerProcess) -> int:
-    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
 
 
 @contextmanager
@@ -75,7 +71,7 @@ def wait_for(condition: Callable[[], bool]) -> bool:
 
 def test_connections_that_never_finish_a_request_head_are_closed(start_server: StartServer) -> None:
     server = start_server("--header-timeout", "1")
-    baseline = open_fds(server)
+    baseline = fd_count(server.process.pid)
     # 40 trickling a head, 20 silent, 5 with one request answered and the next one's head begun (pipelined)
     with (
         connections(server, 40, PARTIAL_HEAD) as trickling,
@@ -87,7 +83,7 @@ def test_connections_that_never_finish_a_request_head_are_closed(start_server: S
         # closed without an answer (as nginx does), but for the request that was complete
         assert {ended[connection] for connection in [*trickling, *silent]} == {b""}
         assert all(ended[connection].count(b"HTTP/1.1 200 ") == 1 for connection in kept_alive)
-        assert wait_for(lambda: open_fds(server) <= baseline)
+        assert wait_for(lambda: fd_count(server.process.pid) <= baseline)
     with connections(server, 1, COMPLETE_REQUEST) as (fresh,):
         fresh.settimeout(BOUND)
         assert fresh.recv(65536).startswith(b"HTTP/1.1 200 ")

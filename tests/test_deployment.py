@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from tests.support.container import container_python
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -256,13 +257,6 @@ def test_everything_the_dockerfile_copies_is_in_the_build_context(stages: list[S
         kept = [path for path in files if in_build_context(path.relative_to(ROOT).as_posix())]
         assert kept, f"{source} is copied but .dockerignore leaves nothing of it"
     assert {"templates", "static", "service"} <= set(sources)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def image_environment(stages: list[Stage], tmp_path: Path, port: int) -> dict[str, str]:

@@ -41,7 +41,8 @@ from service.app import create_app
 from service.catalog import ModelSpec
 from service.lazy_loader import ModelPolicy
 from service.settings import Settings
-from tests.conftest import free_port, tone_model
+from tests.conftest import tone_model
+from tests.support.processes import cmdline, free_port, thread_children
 from tests.support.step_audio_standin import write_standin
 
 pytestmark = pytest.mark.slow
@@ -255,20 +256,7 @@ def operation_of(result: Ok[Any] | Err[Any]) -> Any:
 
 def worker_pids() -> set[int]:
     """This process's worker children; the server thread starts them, so look at every thread's children."""
-    children = set()
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            children |= {int(pid) for pid in (task / "children").read_text().split()}
-        except OSError:
-            continue
-    return {pid for pid in children if "worker_main" in _cmdline(pid)}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    return {pid for pid in thread_children(os.getpid()) if "worker_main" in cmdline(pid)}
 
 
 def fuzzed_app(tmp_path: Path) -> Litestar:

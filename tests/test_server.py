@@ -15,8 +15,9 @@ import openai
 import pytest
 
 from service.memory import process_exists
-from tests.conftest import ServerProcess, child_pids
+from tests.conftest import ServerProcess
 from tests.support.engines import TONE_ENGINE
+from tests.support.processes import child_pids
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from tests.conftest import ServerProcess
-from tests.support.memory import memory_kib, reset_peak
+from tests.support.processes import memory_kib, reset_peak
 from tests.support.step_audio_standin import write_standin
 
 pytestmark = pytest.mark.slow

@@ -22,6 +22,7 @@ from service.memory import process_exists
 from service.settings import PROJECT_ROOT
 from service.workers import EngineRequestError, WorkerCrashed, WorkerLoadError, WorkerProcess, WorkerSpec
 from tests.support.engines import TONE_ENGINE
+from tests.support.processes import child_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -57,7 +58,7 @@ async def test_a_load_failure_comes_back_as_the_worker_s_reason_and_leaves_no_pr
         await WorkerProcess.start(tone(fail_load="no such weights"), task_group)
     with pytest.raises(WorkerLoadError, match="unknown engine"):
         await WorkerProcess.start(WorkerSpec("x", "nonexistent", {}), task_group)
-    assert [pid for pid in _children() if process_exists(pid)] == []
+    assert [pid for pid in child_pids(os.getpid()) if process_exists(pid)] == []
 
 
 async def test_engine_errors_reach_the_request_and_the_worker_keeps_serving(task_group: TaskGroup) -> None:
@@ -101,11 +102,6 @@ async def test_sigkill_mid_request_fails_the_request_with_worker_crashed(task_gr
         await kill_while_listening()
     assert await worker.wait() == -signal.SIGKILL
     assert not process_exists(worker.pid)
-
-
-def _children() -> list[int]:
-    path = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-    return [int(pid) for pid in path.read_text().split()]
 
 
 def test_a_worker_exits_when_its_server_is_killed(tmp_path: Path) -> None:

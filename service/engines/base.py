@@ -162,12 +162,6 @@ class Engine(Protocol):
     def gpu_memory(self) -> GpuMemory: ...
 
 
-class EditingEngine(Engine, Protocol):
-    """An engine that can also edit existing audio (its capabilities list the edit modes)."""
-
-    def edit(self, request: EditRequest) -> Iterator[AudioChunk]: ...
-
-
 class EngineFactory(Protocol):
     def __call__(self, options: Mapping[str, Any]) -> Engine: ...
 

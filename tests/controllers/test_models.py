@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from anyio.abc import TaskGroup
 
 from service.memory import process_exists
 from service.settings import Settings
@@ -171,20 +172,27 @@ async def _loading_pid(client: AppClient, model: str) -> int:
             await anyio.sleep(0.02)
 
 
+async def _start_a_load_that_hangs(client: AppClient, group: TaskGroup, answers: list[httpx.Response]) -> int:
+    """Ask for the `hangs` model's load in the background (its answer goes into `answers`) and SIGSTOP its worker
+    as soon as its pid shows; returns the pid."""
+
+    async def load() -> None:
+        answers.append(await client.post("/api/v1/models/hangs/load"))
+
+    group.start_soon(load)
+    pid = await _loading_pid(client, "hangs")
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
 async def test_a_load_that_hangs_shows_its_pid_then_fails_on_the_load_timeout_leaving_no_process(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data", max_loaded_models=1, load_timeout=3.0, capacity_wait=0.5)
     async with make_client(settings, (tone_model("hangs", load_seconds=120), tone_model("other"))) as client:
         answers: list[httpx.Response] = []
-
-        async def load() -> None:
-            answers.append(await client.post("/api/v1/models/hangs/load"))
-
         async with anyio.create_task_group() as group:
-            group.start_soon(load)
-            pid = await _loading_pid(client, "hangs")
-            os.kill(pid, signal.SIGSTOP)
+            pid = await _start_a_load_that_hangs(client, group, answers)
         (answer,) = answers
         assert (answer.status_code, "Retry-After" in answer.headers) == (503, True)
         assert "load timeout of 3 s" in answer.json()["error"]["message"]
@@ -201,14 +209,8 @@ async def test_unloading_a_model_while_it_loads_answers_at_once_and_ends_its_sto
     settings = Settings(data_dir=tmp_path / "data", max_loaded_models=1, capacity_wait=0.5)
     async with make_client(settings, (tone_model("hangs", load_seconds=120), tone_model("other"))) as client:
         answers: list[httpx.Response] = []
-
-        async def load() -> None:
-            answers.append(await client.post("/api/v1/models/hangs/load"))
-
         async with anyio.create_task_group() as group:
-            group.start_soon(load)
-            pid = await _loading_pid(client, "hangs")
-            os.kill(pid, signal.SIGSTOP)
+            pid = await _start_a_load_that_hangs(client, group, answers)
             assert (await client.post("/api/v1/models/other/load")).status_code == 503  # no room while it loads
             with anyio.fail_after(10):
                 report = (await client.post("/api/v1/models/hangs/unload")).json()
