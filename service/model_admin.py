@@ -8,11 +8,11 @@ from typing import Any
 from service.catalog import Catalog
 from service.lazy_loader import LazyLoader, SlotState
 from service.views import model_status, unload_report
-from service.workers import WorkerProcess
+from service.workers import SpeechWorker
 
 
 class ModelAdmin:
-    def __init__(self, catalog: Catalog, loader: LazyLoader[WorkerProcess]) -> None:
+    def __init__(self, catalog: Catalog, loader: LazyLoader[SpeechWorker]) -> None:
         self.catalog = catalog
         self.loader = loader
 

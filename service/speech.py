@@ -26,7 +26,7 @@ from service.lazy_loader import LazyLoader, Lease
 from service.metrics import Metrics
 from service.stream_guard import StreamAborted
 from service.voices import VoiceError, VoiceLibrary
-from service.workers import EngineRequestError, WorkerCrashed, WorkerProcess
+from service.workers import EngineRequestError, SpeechWorker, WorkerCrashed
 
 log = structlog.get_logger("service.speech")
 
@@ -123,7 +123,7 @@ def parse_keep_alive(value: str | float | None) -> float | None:
     return float(value)
 
 
-def _chunks(lease: Lease[WorkerProcess], request: SynthesisRequest | EditRequest) -> AsyncGenerator[AudioChunk, None]:
+def _chunks(lease: Lease[SpeechWorker], request: SynthesisRequest | EditRequest) -> AsyncGenerator[AudioChunk, None]:
     """The request's audio from the lease's worker; the lease is released as soon as the worker is done with it,
     so a client that reads slowly does not hold the model."""
     if isinstance(request, SynthesisRequest):
@@ -199,7 +199,7 @@ class SpeechService:
     def __init__(
         self,
         catalog: Catalog,
-        loader: LazyLoader[WorkerProcess],
+        loader: LazyLoader[SpeechWorker],
         metrics: Metrics,
         voices: VoiceLibrary,
         decoder: AudioDecoder,
@@ -409,7 +409,7 @@ class SpeechService:
         )
         return spec, extension.mode, edit, notes
 
-    async def _acquire(self, plan: SpeechPlan) -> Lease[WorkerProcess]:
+    async def _acquire(self, plan: SpeechPlan) -> Lease[SpeechWorker]:
         """A lease on the plan's model, waiting at most the request timeout for its load and turn."""
         try:
             with anyio.fail_after(self._request_timeout):
@@ -422,7 +422,7 @@ class SpeechService:
                 headers={"Retry-After": "5"},
             ) from error
 
-    def _headers(self, plan: SpeechPlan, lease: Lease[WorkerProcess]) -> dict[str, str]:
+    def _headers(self, plan: SpeechPlan, lease: Lease[SpeechWorker]) -> dict[str, str]:
         voice = plan.request.voice if isinstance(plan.request, SynthesisRequest) else ""
         edits = plan.request.edits if isinstance(plan.request, SynthesisRequest) else ()
         headers = plan.notes | {
@@ -513,7 +513,7 @@ class SpeechService:
     def _finished(
         self,
         plan: SpeechPlan,
-        lease: Lease[WorkerProcess],
+        lease: Lease[SpeechWorker],
         audio_seconds: float,
         first_audio: float | None,
         *,

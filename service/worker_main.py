@@ -22,9 +22,8 @@ import numpy as np
 
 from service.engines import resolve_engine
 from service.engines.base import AudioChunk, AudioClip, EditRequest, Engine, EngineInputError, SynthesisRequest
-from service.ipc import Frame, read_frame_sync, write_frame_sync
+from service.ipc import PARENT_PID_ENV, Frame, read_frame_sync, write_frame_sync
 
-PARENT_PID_ENV = "SERVICE_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import numpy as np
@@ -21,10 +21,10 @@ from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from service.engines.base import AudioChunk, AudioClip, EditRequest, GpuMemory, SynthesisRequest
-from service.ipc import Frame, FrameReader, ProtocolError, write_frame
+from service.ipc import PARENT_PID_ENV, Frame, FrameReader, ProtocolError, write_frame
+from service.lazy_loader import Worker
 from service.memory import MemoryUsage, measure
 from service.settings import PROJECT_ROOT
-from service.worker_main import PARENT_PID_ENV
 
 log = structlog.get_logger("service.workers")
 
@@ -72,6 +72,25 @@ class EngineRequestError(Exception):
         super().__init__(message)
         self.kind = kind
         self.param = param
+
+
+class SpeechWorker(Worker, Protocol):
+    """What the speech service and the status drive: the loader's Worker, plus requests and the engine's GPU
+    figures. WorkerProcess is the real one; tests may launch others (`create_app(..., launcher=...)`)."""
+
+    gpu_memory: GpuMemory
+
+    def synthesize(
+        self, request: SynthesisRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """Audio chunks as they are made; `on_finished` once the engine is done with the request."""
+        ...
+
+    def edit(
+        self, request: EditRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
+        """The edited clip's chunks as they are made."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from service.app import create_app
 from service.catalog import ModelSpec
 from service.lazy_loader import LazyLoader, ModelPolicy
 from service.settings import PROJECT_ROOT, Settings
-from service.workers import WorkerProcess
+from service.workers import SpeechWorker
 from tests.support.engines import TONE_ENGINE
 from tests.support.processes import free_port
 
@@ -60,8 +60,8 @@ class AppClient(httpx.AsyncClient):
         self.app = app
 
     @property
-    def loader(self) -> LazyLoader[WorkerProcess]:
-        loader: LazyLoader[WorkerProcess] = self.app.state.loader
+    def loader(self) -> LazyLoader[SpeechWorker]:
+        loader: LazyLoader[SpeechWorker] = self.app.state.loader
         return loader
 
 

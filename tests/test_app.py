@@ -1,13 +1,22 @@
-"""The app factory's wiring: preloading and pinning from settings."""
+"""The app factory's wiring: preloading and pinning from settings, and the launcher seam."""
 
 from __future__ import annotations
 
+import io
+import os
+from pathlib import Path
+
 import anyio
 import pytest
+import soundfile
+from litestar.testing import TestClient
 
+from service.app import create_app
 from service.lazy_loader import SlotState
 from service.settings import Settings
 from tests.conftest import ClientFactory, tone_model
+from tests.support.memory_workers import in_memory_launcher
+from tests.support.processes import child_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -26,3 +35,22 @@ async def test_preloaded_models_load_at_start_up_and_pinned_ones_stay(make_clien
         assert status["tone"]["state"] == "loaded"
         assert status["tone"]["pinned"] is True
         assert status["piper-joe"]["preload"] is True
+
+
+def test_an_in_memory_launcher_serves_speech_in_process_without_a_worker_process(tmp_path: Path) -> None:
+    """The launcher seam: the same app, its engine run in this process, driven through Litestar's test client."""
+    tone = tone_model("tone")
+    settings = Settings(data_dir=tmp_path / "data", default_model="tone")
+    app = create_app(settings, (tone,), launcher=in_memory_launcher(tone))
+    children_before = set(child_pids(os.getpid()))
+    with TestClient(app) as client:
+        answer = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "response_format": "wav"})
+        assert answer.status_code == 200, answer.text
+        assert (answer.headers["x-model"], answer.headers["x-cold-start"]) == ("tone", "true")
+        audio, rate = soundfile.read(io.BytesIO(answer.content))
+        assert (rate, len(audio)) == (16000, 2 * 4000)
+        status = client.get("/api/v1/models/tone/status").json()
+        assert status["state"] == "loaded"
+        assert status["pid"] >= 10_000_000
+        assert set(child_pids(os.getpid())) == children_before
+        assert client.post("/api/v1/models/tone/unload").json()["worker_exited"] is True

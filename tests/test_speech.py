@@ -19,7 +19,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 from service.speech import SpeechPlan, SpeechRequest, SpeechService, parse_keep_alive
 from service.voices import VoiceLibrary
-from service.workers import WorkerProcess
+from service.workers import SpeechWorker
 from tests.support.engines import TONE_ENGINE
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,7 @@ def test_parse_keep_alive_rejects_non_finite_strings(value: str) -> None:
 # ---- plan
 
 
-async def _never_launch(model: str, task_group: TaskGroup) -> WorkerProcess:
+async def _never_launch(model: str, task_group: TaskGroup) -> SpeechWorker:
     raise AssertionError(f"planning must not start a worker ({model})")
 
 
@@ -114,7 +114,7 @@ def service(max_input_chars: int = 100) -> SpeechService:
         "tone", TONE_ENGINE, {"sample_rate": 16000, "voices": ["low", "high"]}, ModelPolicy(idle_timeout=300.0)
     )
     catalog = Catalog.from_settings(Settings(), [tone])
-    loader: LazyLoader[WorkerProcess] = LazyLoader({}, _never_launch)
+    loader: LazyLoader[SpeechWorker] = LazyLoader({}, _never_launch)
     voices = VoiceLibrary(Path(tempfile.mkdtemp()), [])
     decoder = AudioDecoder(24000, max_seconds=30, max_bytes=1 << 20, url_prefixes=())
     return SpeechService(catalog, loader, Metrics(), voices, decoder, max_input_chars)

@@ -23,7 +23,6 @@ from service.catalog import Catalog, ModelSpec
 from service.controllers.ui import render
 from service.edit_history import EditHistory, Session, Step
 from service.engines.base import MAX_EDIT_ITERATIONS, AudioClip, EditRequest
-from service.engines.step_audio import LANGUAGE_TAGS, PARALINGUISTIC_TAGS
 from service.errors import ApiError
 from service.settings import Settings
 from service.speech import SpeechRequest, SpeechResult, SpeechService, StepAudioExtension
@@ -105,12 +104,13 @@ class EditPagesController(Controller):
 
     async def _start_context(self, catalog: Catalog, voices: VoiceLibrary, settings: Settings) -> dict[str, Any]:
         editors = [spec for spec in catalog.servable() if spec.edits]
+        default_editor = catalog.editing_model(None) if editors else None
         return {
             "editors": editors,
-            "default_editor": catalog.editing_model(None).id if editors else None,
+            "default_editor": default_editor.id if default_editor else None,
             "unavailable": catalog.unavailable,
             "library": await anyio.to_thread.run_sync(voices.all),
-            "language_tags": LANGUAGE_TAGS,
+            "language_tags": default_editor.capabilities.language_tags if default_editor else (),
             "max_audio_seconds": settings.max_audio_seconds,
             "max_input_chars": settings.max_input_chars,
             "session": None,
@@ -129,7 +129,7 @@ class EditPagesController(Controller):
             "session": session,
             "edit_options": options,
             "mode_labels": MODE_LABELS,
-            "paralinguistic_tags": PARALINGUISTIC_TAGS,
+            "paralinguistic_tags": spec.capabilities.paralinguistic_tags if spec is not None else (),
             "max_iterations": MAX_EDIT_ITERATIONS,
             "model_missing": spec is None,
         }
@@ -161,8 +161,9 @@ class EditPagesController(Controller):
         """Make step 0 and open the history at /edit/<session>."""
         started = time.perf_counter()
         spec = _editing_model(catalog, data.model)
-        if data.language and data.language not in LANGUAGE_TAGS:
-            raise ApiError(400, f"language must be one of {', '.join(LANGUAGE_TAGS)}", param="language")
+        languages = spec.capabilities.language_tags
+        if data.language and data.language not in languages:
+            raise ApiError(400, f"language must be one of {', '.join(languages)}", param="language")
         target = f"{data.language}{data.target_text.strip()}" if data.target_text.strip() else ""
         if data.source == "voice":
             if not data.voice:

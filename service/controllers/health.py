@@ -8,7 +8,7 @@ from litestar.di import NamedDependency
 from service.controllers.errors_doc import not_ready_response
 from service.lazy_loader import LazyLoader
 from service.model_admin import ModelAdmin
-from service.workers import WorkerProcess
+from service.workers import SpeechWorker
 
 
 class HealthController(Controller):
@@ -21,7 +21,7 @@ class HealthController(Controller):
 
     @get("/readyz", operation_id="readyz", responses=not_ready_response())
     async def readyz(
-        self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[WorkerProcess]]
+        self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[SpeechWorker]]
     ) -> Response[dict[str, Any]]:
         """Readiness: 200 while the server takes requests, 503 once it is shutting down."""
         ready = not loader.closing

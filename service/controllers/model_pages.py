@@ -15,7 +15,7 @@ from litestar.response import Template
 from service.controllers.ui import Format, aliases_of, fragment, model_choices, render
 from service.lazy_loader import LazyLoader
 from service.model_admin import ModelAdmin
-from service.workers import WorkerProcess
+from service.workers import SpeechWorker
 
 EVENTS_SHOWN = 25
 EVENT_DETAILS = {
@@ -30,7 +30,7 @@ EVENT_DETAILS = {
 }
 
 
-def load_started(loader: LazyLoader[WorkerProcess], model: str) -> float | None:
+def load_started(loader: LazyLoader[SpeechWorker], model: str) -> float | None:
     """When the model's current load began (wall clock), from the loader's event history."""
     latest = next((event for event in reversed(loader.events) if event.get("model") == model), None)
     return float(latest["time"]) if latest is not None and latest.get("event") == "model_load_started" else None

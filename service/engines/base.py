@@ -39,6 +39,9 @@ class Capabilities:
     edit_options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     supports_speed: bool = True
     supports_instructions: bool = False
+    # tags a transcript may begin with to choose a language or dialect, and tags it may carry for sounds (laughter)
+    language_tags: tuple[str, ...] = ()
+    paralinguistic_tags: tuple[str, ...] = ()
 
     @property
     def clones(self) -> bool:

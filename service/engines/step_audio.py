@@ -301,6 +301,8 @@ class StepAudioEngine:
             edit_options=EDIT_OPTIONS,
             supports_speed=True,
             supports_instructions=True,
+            language_tags=LANGUAGE_TAGS,
+            paralinguistic_tags=PARALINGUISTIC_TAGS,
         )
 
     @classmethod

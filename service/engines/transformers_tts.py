@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,8 +35,6 @@ from service.engines.base import AudioChunk, Capabilities, EngineInputError, Gpu
 if TYPE_CHECKING:
     import torch
 
-    from service.catalog import ModelSpec
-    from service.lazy_loader import ModelPolicy
 
 log = structlog.get_logger("service.engines.transformers_tts")
 
@@ -505,22 +503,3 @@ def find_model_folders(models_dir: Path) -> list[Path]:
 
     visit(Path(models_dir))
     return found
-
-
-def discover_transformers_models(models_dir: Path, policy: Callable[[], ModelPolicy]) -> list[ModelSpec]:
-    """A model "hf-<folder name>" for every transformers text-to-speech folder under `models_dir`."""
-    from service.catalog import ModelSpec
-
-    specs: list[ModelSpec] = []
-    for folder in find_model_folders(models_dir):
-        model_id = f"{MODEL_ID_PREFIX}{folder.name}"
-        if any(spec.id == model_id for spec in specs):
-            log.warning("transformers_model_skipped", path=str(folder), reason=f"a second folder named {folder.name}")
-            continue
-        try:
-            spec = ModelSpec.create(model_id, ENGINE_NAME, {"path": str(folder)}, policy(), owned_by="transformers")
-        except (OSError, ValueError, TypeError) as error:
-            log.warning("transformers_model_skipped", path=str(folder), reason=str(error))
-            continue
-        specs.append(spec)
-    return specs

@@ -1,0 +1,83 @@
+"""Workers that run a model's engine inside the test's own process, through `create_app(..., launcher=...)`: HTTP
+behaviour tested in-process (Litestar's test client), without a worker process per model."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncGenerator, Callable, Iterator
+
+import anyio
+from anyio.abc import TaskGroup
+
+from service.catalog import ModelSpec
+from service.engines import resolve_engine
+from service.engines.base import AudioChunk, EditRequest, Engine, GpuMemory, SynthesisRequest
+from service.lazy_loader import WorkerLauncher
+from service.memory import MemoryUsage
+from service.workers import SpeechWorker
+
+# ids far above any real pid, so a test can tell them from processes
+_PIDS = itertools.count(10_000_000)
+
+
+class InMemoryWorker:
+    """The SpeechWorker protocol over an engine object: its load and each of its chunks run in a thread."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._spec = spec
+        self._engine: Engine | None = None
+        self._ended = anyio.Event()
+        self.pid = next(_PIDS)
+        self.gpu_memory = GpuMemory()
+        self.exit_reason: str | None = None
+
+    async def ready(self) -> None:
+        engine = resolve_engine(self._spec.engine)(self._spec.options)
+        await anyio.to_thread.run_sync(engine.load)
+        self._engine = engine
+
+    async def wait(self) -> int:
+        await self._ended.wait()
+        return 0
+
+    async def stop(self) -> int:
+        self._ended.set()
+        return 0
+
+    async def memory(self) -> MemoryUsage:
+        return MemoryUsage(rss_bytes=None, gpu_bytes=None)
+
+    def synthesize(
+        self, request: SynthesisRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
+        assert self._engine is not None
+        return _chunks(self._engine.synthesize(request), on_finished)
+
+    def edit(
+        self, request: EditRequest, on_finished: Callable[[], None] | None = None
+    ) -> AsyncGenerator[AudioChunk, None]:
+        edit = getattr(self._engine, "edit", None)
+        assert edit is not None, f"{self._spec.id} cannot edit"
+        return _chunks(edit(request), on_finished)
+
+
+async def _chunks(
+    produced: Iterator[AudioChunk], on_finished: Callable[[], None] | None
+) -> AsyncGenerator[AudioChunk, None]:
+    try:
+        while (chunk := await anyio.to_thread.run_sync(next, produced, None)) is not None:
+            yield chunk
+    finally:
+        if on_finished is not None:
+            on_finished()
+
+
+def in_memory_launcher(*specs: ModelSpec) -> WorkerLauncher[SpeechWorker]:
+    """A launcher for these models; a test that makes the server load any other fails."""
+    by_id = {spec.id: spec for spec in specs}
+
+    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
+        assert model in by_id, f"the test's launcher has no model {model!r}"
+        return InMemoryWorker(by_id[model])
+
+    return launch
