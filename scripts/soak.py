@@ -516,10 +516,13 @@ async def soak(settings: Settings, server: Server) -> dict[str, Any]:
     fd_after, rss_after = fd_count(server.pid), rss_mib(server.pid)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         metrics = (await http.get("/metrics")).text
-        # something loaded at shutdown, so the SIGTERM path has workers to end
+        # something loaded at shutdown, so the SIGTERM path has workers to end: pinned first, so the idle timeout
+        # cannot unload the first while the second loads
         for model in ("quick", "piper-joe"):
+            await http.patch(f"/api/v1/models/{model}", json={"pinned": True})
             await http.post(f"/api/v1/models/{model}/load")
-        loaded_at_shutdown = len(workers_of(server.pid))
+        status = (await http.get("/api/v1/models/status")).json()
+        loaded_at_shutdown = sum(entry["state"] == "loaded" for entry in status.values())
         processes.seen.update(workers_of(server.pid))
     return {
         "duration_s": round(duration, 1),

@@ -49,6 +49,43 @@ class UnloadReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class LifecycleEvent(StrEnum):
+    """What happened to a model slot; the value is the event's name in the logs."""
+
+    POLICY_CHANGED = "model_policy_changed"
+    LOAD_STARTED = "model_load_started"
+    LOADED = "model_loaded"
+    LOAD_FAILED = "model_load_failed"
+    LOAD_REFUSED = "model_load_refused"
+    WORKER_EXITED = "worker_exited_unexpectedly"
+    UNLOADED = "model_unloaded"
+    UNLOAD_FAILED = "model_unload_failed"
+
+    @property
+    def is_failure(self) -> bool:
+        return self in _FAILURES
+
+
+_FAILURES = frozenset(
+    {
+        LifecycleEvent.LOAD_FAILED,
+        LifecycleEvent.LOAD_REFUSED,
+        LifecycleEvent.WORKER_EXITED,
+        LifecycleEvent.UNLOAD_FAILED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One lifecycle event: when it happened (wall clock), what, to which model, and its figures."""
+
+    time: float
+    event: LifecycleEvent
+    model: str
+    fields: Mapping[str, Any]
+
+
 class Worker(Protocol):
     """A started engine process as the loader sees it: loading until `ready` returns, then loaded."""
 
@@ -173,6 +210,7 @@ class SlotSnapshot:
     memory: MemoryUsage | None
     consecutive_failures: int = 0
     retry_in: float | None = None
+    load_started_at: float | None = None  # wall clock, while loading
 
     @property
     def loaded(self) -> bool:
@@ -207,6 +245,7 @@ class _Slot(Generic[W]):
     last_used: float = 0.0
     loads_total: int = 0
     last_load_seconds: float | None = None
+    load_started_at: float | None = None
     last_unload_reason: UnloadReason | None = None
     last_error: str | None = None
     last_memory: MemoryUsage | None = None
@@ -299,8 +338,8 @@ class LazyLoader(Generic[W]):
         self._closing = False
         self._shut_down = anyio.Event()
         self._shutdown_reports: list[UnloadReport] = []
-        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
-        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.events: deque[EventRecord] = deque(maxlen=EVENT_HISTORY)
+        self.listeners: list[Callable[[EventRecord], None]] = []
 
     # ---- lifetime
 
@@ -466,7 +505,7 @@ class LazyLoader(Generic[W]):
         if pinned is not None:
             slot.policy.pinned = pinned
         self._record(
-            "model_policy_changed",
+            LifecycleEvent.POLICY_CHANGED,
             slot,
             idle_timeout=slot.policy.idle_timeout,
             auto_unload=slot.policy.auto_unload,
@@ -490,14 +529,14 @@ class LazyLoader(Generic[W]):
         with attempt.scope:
             try:
                 await self._make_room(slot)
-                self._record("model_load_started", slot)
+                self._record(LifecycleEvent.LOAD_STARTED, slot)
                 attempt.scope.deadline = anyio.current_time() + timeout
                 worker = attempt.worker = await self._launcher(slot.model, self._task_group)
                 self._notify(slot)
                 await worker.ready()
             except CapacityExhausted as error:
                 slot.state = SlotState.UNLOADED
-                self._finish_attempt(slot, attempt, error, "model_load_refused", reason=str(error))
+                self._finish_attempt(slot, attempt, error, LifecycleEvent.LOAD_REFUSED, reason=str(error))
                 return
             except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
                 self._fail_load(slot, attempt, str(error) or type(error).__name__, started)
@@ -522,7 +561,7 @@ class LazyLoader(Generic[W]):
             slot,
             attempt,
             None,
-            "model_loaded",
+            LifecycleEvent.LOADED,
             seconds=round(attempt.seconds, 3),
             pid=worker.pid,
             rss_bytes=slot.last_memory.rss_bytes,
@@ -541,7 +580,7 @@ class LazyLoader(Generic[W]):
         slot.last_unload_reason = attempt.called_off
         error = ShuttingDown() if attempt.called_off is UnloadReason.SHUTDOWN else LoadCalledOff(slot.model)
         reason = f"unloaded ({attempt.called_off}) while loading"
-        self._finish_attempt(slot, attempt, error, "model_load_refused", reason=reason, pid=pid)
+        self._finish_attempt(slot, attempt, error, LifecycleEvent.LOAD_REFUSED, reason=reason, pid=pid)
 
     def _fail_load(self, slot: _Slot[W], attempt: _LoadAttempt[W], reason: str, started: float) -> None:
         slot.state = SlotState.FAILED
@@ -555,13 +594,18 @@ class LazyLoader(Generic[W]):
             slot,
             attempt,
             LoadFailed(slot.model, reason, retry_after),
-            "model_load_failed",
+            LifecycleEvent.LOAD_FAILED,
             reason=reason,
             seconds=round(anyio.current_time() - started, 3),
         )
 
     def _finish_attempt(
-        self, slot: _Slot[W], attempt: _LoadAttempt[W], error: ModelUnavailable | None, event: str, **fields: Any
+        self,
+        slot: _Slot[W],
+        attempt: _LoadAttempt[W],
+        error: ModelUnavailable | None,
+        event: LifecycleEvent,
+        **fields: Any,
     ) -> None:
         attempt.error = error
         attempt.done.set()
@@ -620,7 +664,7 @@ class LazyLoader(Generic[W]):
             slot.last_error = f"worker (pid {worker.pid}) {cause}"
             slot.unloads[UnloadReason.CRASH] += 1
             self._record(
-                "worker_exited_unexpectedly",
+                LifecycleEvent.WORKER_EXITED,
                 slot,
                 pid=worker.pid,
                 exit_code=code,
@@ -697,7 +741,7 @@ class LazyLoader(Generic[W]):
             slot.unloads[reason] += 1
             seconds = anyio.current_time() - started
             self._record(
-                "model_unloaded",
+                LifecycleEvent.UNLOADED,
                 slot,
                 reason=reason,
                 pid=worker.pid,
@@ -770,7 +814,9 @@ class LazyLoader(Generic[W]):
             try:
                 await self._unload(slot, deadline[1])
             except Exception as error:  # a reaper must outlive any one failed unload
-                self._record("model_unload_failed", slot, level="error", error=f"{type(error).__name__}: {error}")
+                self._record(
+                    LifecycleEvent.UNLOAD_FAILED, slot, level="error", error=f"{type(error).__name__}: {error}"
+                )
                 await anyio.sleep(REAPER_RETRY_SECONDS)
 
     # ---- observation
@@ -797,6 +843,7 @@ class LazyLoader(Generic[W]):
             memory=memory,
             consecutive_failures=slot.failures,
             retry_in=max(0.0, slot.retry_not_before - now) if slot.state is SlotState.FAILED else None,
+            load_started_at=slot.load_started_at if slot.state is SlotState.LOADING else None,
         )
 
     async def snapshot(self, model: str) -> SlotSnapshot:
@@ -825,9 +872,11 @@ class LazyLoader(Generic[W]):
     async def _wait_for_change(self, slot: _Slot[W]) -> None:
         await slot.changed.wait()
 
-    def _record(self, event: str, slot: _Slot[W], level: str = "info", **fields: Any) -> None:
-        record = {"time": time.time(), "event": event, "model": slot.model, **fields}
+    def _record(self, event: LifecycleEvent, slot: _Slot[W], level: str = "info", **fields: Any) -> None:
+        record = EventRecord(time.time(), event, slot.model, fields)
+        if event is LifecycleEvent.LOAD_STARTED:
+            slot.load_started_at = record.time
         self.events.append(record)
         for listener in self.listeners:
             listener(record)
-        getattr(log, level)(event, model=slot.model, **fields)
+        getattr(log, level)(event.value, model=slot.model, **fields)

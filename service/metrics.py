@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from service.lazy_loader import EventRecord, LifecycleEvent
+
 if TYPE_CHECKING:
     from service.lazy_loader import LazyLoader
 
@@ -87,18 +89,20 @@ class Metrics:
         self.registry.register(_SlotCollector(loader))
         loader.listeners.append(self.lifecycle_event)
 
-    def lifecycle_event(self, event: dict[str, Any]) -> None:
-        name, model = event["event"], event["model"]
-        if name == "model_loaded":
+    def lifecycle_event(self, record: EventRecord) -> None:
+        model, fields = record.model, record.fields
+        if record.event is LifecycleEvent.LOADED:
             self.loads.labels(model, "loaded").inc()
-            self.load_seconds.labels(model).observe(event["seconds"])
-        elif name in ("model_load_failed", "model_load_refused"):
-            self.loads.labels(model, "failed" if name == "model_load_failed" else "refused").inc()
-        elif name == "model_unloaded":
-            self.unloads.labels(model, str(event["reason"])).inc()
-        elif name == "worker_exited_unexpectedly":
+            self.load_seconds.labels(model).observe(fields["seconds"])
+        elif record.event is LifecycleEvent.LOAD_FAILED:
+            self.loads.labels(model, "failed").inc()
+        elif record.event is LifecycleEvent.LOAD_REFUSED:
+            self.loads.labels(model, "refused").inc()
+        elif record.event is LifecycleEvent.UNLOADED:
+            self.unloads.labels(model, str(fields["reason"])).inc()
+        elif record.event is LifecycleEvent.WORKER_EXITED:
             self.unloads.labels(model, "crash").inc()
-            if event.get("watchdog"):
+            if fields.get("watchdog"):
                 self.watchdog_kills.labels(model).inc()
 
     def request_finished(

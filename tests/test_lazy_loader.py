@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 from service.lazy_loader import (
     CapacityExhausted,
     LazyLoader,
+    LifecycleEvent,
     LoadCalledOff,
     LoadFailed,
     ModelPolicy,
@@ -427,14 +428,21 @@ async def test_unknown_model_names_the_known_ones() -> None:
 
 
 async def test_lifecycle_events_are_recorded_for_listeners() -> None:
-    seen: list[str] = []
+    seen: list[LifecycleEvent] = []
     loader = LazyLoader(policies("a"), FakeLauncher())
-    loader.listeners.append(lambda event: seen.append(event["event"]))
+    loader.listeners.append(lambda record: seen.append(record.event))
     async with running(loader):
         (await loader.acquire("a")).release()
         await loader.unload("a")
-    assert seen[:3] == ["model_load_started", "model_loaded", "model_unloaded"]
-    assert [event["event"] for event in loader.events][:3] == seen[:3]
+    assert seen[:3] == [LifecycleEvent.LOAD_STARTED, LifecycleEvent.LOADED, LifecycleEvent.UNLOADED]
+    assert [record.event for record in loader.events][:3] == seen[:3]
+    assert all(record.model == "a" for record in loader.events)
+    assert [event for event in LifecycleEvent if event.is_failure] == [
+        LifecycleEvent.LOAD_FAILED,
+        LifecycleEvent.LOAD_REFUSED,
+        LifecycleEvent.WORKER_EXITED,
+        LifecycleEvent.UNLOAD_FAILED,
+    ]
 
 
 async def test_past_the_queue_bound_requests_are_refused_with_retry_after() -> None:
@@ -487,9 +495,8 @@ async def test_a_worker_ended_by_the_watchdog_names_the_cause() -> None:
         snapshot = await loader.snapshot("a")
         assert snapshot.last_error is not None
         assert "generation watchdog" in snapshot.last_error
-        assert [event["watchdog"] for event in loader.events if event["event"] == "worker_exited_unexpectedly"] == [
-            True
-        ]
+        exits = [record for record in loader.events if record.event is LifecycleEvent.WORKER_EXITED]
+        assert [record.fields["watchdog"] for record in exits] == [True]
 
 
 async def test_keep_alive_of_a_request_that_waited_through_an_unload_still_applies() -> None:
@@ -578,15 +585,19 @@ async def test_the_pid_shows_while_loading_and_a_load_past_its_timeout_fails_and
                 worker.pid,
                 None,
             )
+            started = loader.events[-1]
+            assert started.event is LifecycleEvent.LOAD_STARTED
+            assert loader.snapshots_now()[0].load_started_at == started.time
         snapshot = await loader.snapshot("a")
         assert (snapshot.state, snapshot.pid, worker.code) == (SlotState.FAILED, None, -9)
+        assert snapshot.load_started_at is None
         assert (
             snapshot.last_error
             == f"did not load within the load timeout of 0.2 s; its worker (pid {worker.pid}) was killed"
         )
         assert "load timeout" in str(errors[0])
         assert errors[0].retry_after >= 1
-        assert [event["event"] for event in loader.events][-1] == "model_load_failed"
+        assert loader.events[-1].event is LifecycleEvent.LOAD_FAILED
 
 
 async def test_a_model_s_own_load_timeout_overrides_the_loader_s() -> None:

@@ -13,7 +13,7 @@ from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
 from service.controllers.ui import Format, aliases_of, fragment, model_choices, render
-from service.lazy_loader import LazyLoader
+from service.lazy_loader import EventRecord, LazyLoader
 from service.model_admin import ModelAdmin
 from service.workers import SpeechWorker
 
@@ -30,10 +30,9 @@ EVENT_DETAILS = {
 }
 
 
-def load_started(loader: LazyLoader[SpeechWorker], model: str) -> float | None:
-    """When the model's current load began (wall clock), from the loader's event history."""
-    latest = next((event for event in reversed(loader.events) if event.get("model") == model), None)
-    return float(latest["time"]) if latest is not None and latest.get("event") == "model_load_started" else None
+def load_started_at(loader: LazyLoader[SpeechWorker], model: str) -> float | None:
+    """When the model's current load began (wall clock), from its slot; None unless it is loading."""
+    return next((snapshot.load_started_at for snapshot in loader.snapshots_now() if snapshot.model == model), None)
 
 
 def load_progress(status: dict[str, Any], started: float | None) -> dict[str, Any]:
@@ -44,10 +43,10 @@ def load_progress(status: dict[str, Any], started: float | None) -> dict[str, An
     return {"elapsed": elapsed, "expected": expected, "fraction": fraction}
 
 
-def describe_event(event: dict[str, Any]) -> dict[str, Any]:
+def describe_event(record: EventRecord) -> dict[str, Any]:
     details = []
     for key, label in EVENT_DETAILS.items():
-        value = event.get(key)
+        value = record.fields.get(key)
         if value is None:
             continue
         if key.endswith("_bytes"):
@@ -55,15 +54,14 @@ def describe_event(event: dict[str, Any]) -> dict[str, Any]:
         elif key == "seconds":
             value = Format.seconds(float(value), 2)
         details.append(f"{label} {value}")
-    if event.get("error"):
-        details.append(str(event["error"]))
-    name = str(event.get("event", "")).removeprefix("model_").replace("_", " ")
+    if record.fields.get("error"):
+        details.append(str(record.fields["error"]))
     return {
-        "time": event["time"],
-        "model": event.get("model", ""),
-        "name": name,
+        "time": record.time,
+        "model": record.model,
+        "name": record.event.value.removeprefix("model_").replace("_", " "),
         "details": details,
-        "level": "bad" if "fail" in name or "unexpected" in name or "refused" in name else "normal",
+        "level": "bad" if record.event.is_failure else "normal",
     }
 
 
@@ -73,7 +71,7 @@ async def live_context(admin: ModelAdmin) -> dict[str, Any]:
     rows = []
     for spec in model_choices(catalog):
         status = statuses[spec.id]
-        progress = load_progress(status, load_started(loader, spec.id)) if status["state"] == "loading" else None
+        progress = load_progress(status, load_started_at(loader, spec.id)) if status["state"] == "loading" else None
         rows.append(
             {
                 "id": spec.id,
@@ -170,5 +168,5 @@ class ModelPagesController(Controller):
         or the generation. The pages poll it while a request is pending."""
         model = admin.catalog.lookup(model_id).id
         status = await admin.status(model)
-        progress = load_progress(status, load_started(admin.loader, model)) if status["state"] == "loading" else None
+        progress = load_progress(status, load_started_at(admin.loader, model)) if status["state"] == "loading" else None
         return fragment("partials/progress.html", {"model": model, "status": status, "progress": progress})
