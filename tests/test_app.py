@@ -12,9 +12,12 @@ import soundfile
 from litestar.testing import TestClient
 
 from service.app import create_app
-from service.lazy_loader import SlotState
+from service.catalog import ModelSpec
+from service.lazy_loader import LazyLoader, ModelPolicy, SlotState
 from service.settings import Settings
+from service.workers import SpeechWorker
 from tests.conftest import ClientFactory, tone_model
+from tests.support.engines import TONE_ENGINE
 from tests.support.memory_workers import in_memory_launcher
 from tests.support.processes import child_pids
 
@@ -54,3 +57,15 @@ def test_an_in_memory_launcher_serves_speech_in_process_without_a_worker_process
         assert status["pid"] >= 10_000_000
         assert set(child_pids(os.getpid())) == children_before
         assert client.post("/api/v1/models/tone/unload").json()["worker_exited"] is True
+
+
+async def test_the_app_gives_the_loader_its_load_timeout_and_each_model_its_own(tmp_path: Path) -> None:
+    slow = ModelSpec.create("slow-gpu", TONE_ENGINE, {}, ModelPolicy(idle_timeout=300.0, load_timeout=900.0))
+    loader: LazyLoader[SpeechWorker] = create_app(
+        Settings(data_dir=tmp_path / "data", load_timeout=42.0), (slow,)
+    ).state.loader
+    assert loader._load_timeout == 42.0
+    assert {snapshot.model: snapshot.policy.load_timeout for snapshot in loader.snapshots_now()} == {
+        "piper-joe": None,
+        "slow-gpu": 900.0,
+    }

@@ -182,3 +182,24 @@ def test_policy_values_of_the_wrong_type_are_config_errors(tmp_path: Path, polic
     assert str(path) in message
     assert "models[1] (typed)" in message
     assert policy_line.split(" ", 1)[0] in message
+
+
+def _models_file(tmp_path: Path, load_timeout: str) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        f'[[models]]\nid = "slow-gpu"\nengine = "{TONE_ENGINE}"\n{load_timeout}\n'
+        f'[[models]]\nid = "plain"\nengine = "{TONE_ENGINE}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_model_may_set_its_own_load_timeout_in_the_models_file(tmp_path: Path) -> None:
+    slow, plain = load_model_config(_models_file(tmp_path, "load_timeout = 900"), Settings())
+    assert (slow.policy.load_timeout, plain.policy.load_timeout) == (900.0, None)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", '"10m"', "true"])
+def test_a_bad_load_timeout_in_the_models_file_names_the_entry_and_the_key(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ModelConfigError, match=r"\(slow-gpu\): 'load_timeout' must be a number of seconds above 0"):
+        load_model_config(_models_file(tmp_path, f"load_timeout = {value}"), Settings())

@@ -295,3 +295,15 @@ def test_help_shows_each_default_as_it_would_be_typed() -> None:
     assert entries["--worker-python"].count("(default:") == 1
     for unnatural in ("PosixPath", "()", "None"):
         assert unnatural not in completed.stdout
+
+
+def test_load_timeout_has_a_default_fit_for_gpu_loads_a_flag_and_a_variable() -> None:
+    assert load_settings([], {}).load_timeout == 300.0
+    assert load_settings([], {"LOAD_TIMEOUT": "900"}).load_timeout == 900.0
+    assert load_settings(["--load-timeout", "45.5"], {"LOAD_TIMEOUT": "900"}).load_timeout == 45.5
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "nan"])
+def test_a_load_timeout_that_is_not_positive_is_refused_naming_the_setting(raw: str) -> None:
+    with pytest.raises(ValueError, match="--load-timeout / LOAD_TIMEOUT: must be more than 0 seconds"):
+        load_settings([], {"LOAD_TIMEOUT": raw})
