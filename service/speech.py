@@ -142,8 +142,8 @@ async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes
         async for chunk in audio:
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
     except StreamAborted as aborted:
-        error = aborted.__cause__ if isinstance(aborted.__cause__, Exception) else aborted
-        yield _event({"type": "error", **as_api_error(error).body()})
+        if aborted.body is not None:
+            yield _event({"type": "error", **aborted.body})
         raise
     yield _event({"type": "speech.audio.done"})
 
@@ -494,11 +494,13 @@ class SpeechService:
                 self._finished(plan, lease, samples / engine_rate, first_audio, streamed=True)
             except (WorkerCrashed, EngineRequestError) as error:
                 # the status line is sent already: the response ends unfinished, so the client can tell
+                answer = as_api_error(error)
                 raise StreamAborted(
-                    as_api_error(error).code or "engine_error",
+                    answer.code or "engine_error",
                     str(error),
                     model=plan.spec.id,
                     audio_seconds=round(samples / engine_rate, 3),
+                    body=answer.body(),
                 ) from error
             finally:
                 try:

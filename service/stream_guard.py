@@ -5,6 +5,7 @@ client's HTTP library sees an incomplete body and raises instead of saving a tru
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import structlog
@@ -15,13 +16,22 @@ log = structlog.get_logger("service.stream_guard")
 
 
 class StreamAborted(Exception):
-    """A started response that must end unfinished; `cause` is a short stable label for logs and metrics."""
+    """A started response that must end unfinished; `cause` is a short stable label for logs and metrics, `body`
+    the OpenAI error object a stream can still tell its client (server-sent events)."""
 
-    def __init__(self, cause: str, message: str, model: str = "", audio_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        cause: str,
+        message: str,
+        model: str = "",
+        audio_seconds: float | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.cause = cause
         self.model = model
         self.audio_seconds = audio_seconds
+        self.body = body
 
 
 def _header(message: HTTPResponseStartEvent, name: bytes) -> str:

@@ -323,7 +323,7 @@ class WorkerProcess:
         self, op: str, request: dict[str, Any], audio: AudioClip | None, on_finished: Callable[[], None] | None
     ) -> AsyncGenerator[AudioChunk, None]:
         request_id = next(self._ids)
-        # unbounded: the pump never waits for a slow reader, so it always notices the worker's end at once
+        # unbounded as a stream: what bounds it is `_deliver`, which counts the audio bytes waiting in it
         send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=math.inf)
         inbound = self._pending[request_id] = _Inbound(send)
         if on_finished is not None:
@@ -350,11 +350,11 @@ class WorkerProcess:
                 if kind == "error":
                     raise EngineRequestError(frame.header["kind"], frame.header["message"], frame.header.get("param"))
                 if frame.header.get("cancelled"):
-                    raise WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
+                    raise self._shut_down_mid_request()
                 self.gpu_memory = GpuMemory(**frame.header["gpu"])
                 return
             if self._stopping:
-                raise WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
+                raise self._shut_down_mid_request()
             raise WorkerCrashed(f"worker of {self.spec.model_id!r} exited with code {await self.wait()} mid-request")
         finally:
             inbound.stop_reading()
@@ -364,6 +364,9 @@ class WorkerProcess:
             self._finishers.pop(request_id, None)
             send.close()
             receive.close()
+
+    def _shut_down_mid_request(self) -> WorkerCrashed:
+        return WorkerCrashed(f"worker of {self.spec.model_id!r} stopped mid-request (it was shut down)")
 
     async def _next_frame(
         self, receive: MemoryObjectReceiveStream[Frame], deadline: float | None, inbound: _Inbound

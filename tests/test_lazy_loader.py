@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -29,6 +30,8 @@ from service.lazy_loader import (
 from service.memory import MemoryUsage
 
 pytestmark = pytest.mark.anyio
+
+RefusalT = TypeVar("RefusalT", bound=ModelUnavailable)
 
 _pids = itertools.count(1000)
 
@@ -106,6 +109,13 @@ async def running(loader: LazyLoader[FakeWorker]) -> AsyncIterator[LazyLoader[Fa
         yield loader
         await loader.shutdown(grace=1.0)
         task_group.cancel_scope.cancel()
+
+
+async def refused(loader: LazyLoader[FakeWorker], model: str, kind: type[RefusalT], into: list[RefusalT]) -> None:
+    """A request for the model that must be refused with `kind`; the refusal goes into `into`."""
+    with pytest.raises(kind) as refusal:
+        await loader.acquire(model)
+    into.append(refusal.value)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -570,14 +580,8 @@ async def test_the_pid_shows_while_loading_and_a_load_past_its_timeout_fails_and
     launcher.loading = anyio.Event()
     errors: list[LoadFailed] = []
     async with running(LazyLoader(policies("a"), launcher, load_timeout=0.2)) as loader:
-
-        async def request() -> None:
-            with pytest.raises(LoadFailed) as failed:
-                await loader.acquire("a")
-            errors.append(failed.value)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(request)
+            group.start_soon(refused, loader, "a", LoadFailed, errors)
             await until(lambda: loader.snapshots_now()[0].pid is not None)
             worker = launcher.workers[0]
             assert (loader.state("a"), loader.snapshots_now()[0].pid, worker.code) == (
@@ -622,16 +626,10 @@ async def test_a_model_s_own_load_timeout_overrides_the_loader_s() -> None:
 async def test_unloading_a_loading_model_calls_off_the_load_ends_its_worker_and_frees_its_room() -> None:
     launcher = FakeLauncher()
     launcher.loading = anyio.Event()
-    waiting: list[ModelUnavailable] = []
+    waiting: list[LoadCalledOff] = []
     async with running(LazyLoader(policies("a", "b"), launcher, max_loaded=1, capacity_wait=0.1)) as loader:
-
-        async def request() -> None:
-            with pytest.raises(LoadCalledOff) as called_off:
-                await loader.acquire("a")
-            waiting.append(called_off.value)
-
         async with anyio.create_task_group() as group:
-            group.start_soon(request)
+            group.start_soon(refused, loader, "a", LoadCalledOff, waiting)
             await until(lambda: loader.snapshots_now()[0].pid is not None)
             with pytest.raises(CapacityExhausted):
                 await loader.acquire("b")
