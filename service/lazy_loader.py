@@ -22,7 +22,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from service.memory import MemoryUsage
+from service.lifecycle.memory import MemoryUsage
 
 log = structlog.get_logger("service.lazy_loader")
 

@@ -17,10 +17,10 @@ import uvicorn
 from litestar import Litestar
 
 from service.app import create_app
-from service.catalog import ModelSpec
 from service.lazy_loader import LazyLoader, ModelPolicy
+from service.lifecycle.worker_client import SpeechWorker
+from service.models.catalog import ModelSpec
 from service.settings import PROJECT_ROOT, Settings
-from service.workers import SpeechWorker
 from tests.support.engines import TONE_ENGINE
 from tests.support.processes import free_port
 

@@ -12,10 +12,10 @@ import soundfile
 from litestar.testing import TestClient
 
 from service.app import create_app
-from service.catalog import ModelSpec
 from service.lazy_loader import LazyLoader, ModelPolicy, SlotState
+from service.lifecycle.worker_client import SpeechWorker
+from service.models.catalog import ModelSpec
 from service.settings import Settings
-from service.workers import SpeechWorker
 from tests.conftest import ClientFactory, tone_model
 from tests.support.engines import TONE_ENGINE
 from tests.support.memory_workers import in_memory_launcher

@@ -38,8 +38,8 @@ from schemathesis.core.result import Err, Ok
 from schemathesis.generation import GenerationMode
 
 from service.app import create_app
-from service.catalog import ModelSpec
 from service.lazy_loader import ModelPolicy
+from service.models.catalog import ModelSpec
 from service.settings import Settings
 from tests.conftest import tone_model
 from tests.support.processes import cmdline, free_port, thread_children
@@ -256,7 +256,7 @@ def operation_of(result: Ok[Any] | Err[Any]) -> Any:
 
 def worker_pids() -> set[int]:
     """This process's worker children; the server thread starts them, so look at every thread's children."""
-    return {pid for pid in thread_children(os.getpid()) if "worker_main" in cmdline(pid)}
+    return {pid for pid in thread_children(os.getpid()) if "service.worker" in cmdline(pid)}
 
 
 def fuzzed_app(tmp_path: Path) -> Litestar:

@@ -27,7 +27,7 @@ from service.lazy_loader import (
     UnloadReason,
     UnloadReport,
 )
-from service.memory import MemoryUsage
+from service.lifecycle.memory import MemoryUsage
 
 pytestmark = pytest.mark.anyio
 

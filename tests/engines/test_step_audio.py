@@ -17,8 +17,8 @@ import pytest
 import soundfile
 
 from service.app import create_app
-from service.catalog import Catalog, ModelSpec
 from service.lazy_loader import ModelPolicy
+from service.models.catalog import Catalog, ModelSpec
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory, serve
 from tests.support.checkouts import english_voice

@@ -25,9 +25,9 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.catalog import ModelSpec
 from service.engines.step_audio import check_checkout, check_variant
 from service.lazy_loader import ModelPolicy
+from service.models.catalog import ModelSpec
 from service.settings import Settings
 from tests.conftest import AppClient, serve
 from tests.support.checkouts import CHECKOUTS_ENV, checkouts

@@ -20,7 +20,6 @@ import pytest
 import soundfile
 from anyio.abc import TaskGroup
 
-from service.catalog import Catalog, ModelSpec, discover_models
 from service.engines.base import AudioChunk, EngineInputError, GpuMemory, SynthesisRequest
 from service.engines.transformers_tts import (
     NO_GPU_MESSAGE,
@@ -30,8 +29,9 @@ from service.engines.transformers_tts import (
     split_sentences,
 )
 from service.lazy_loader import ModelPolicy
+from service.lifecycle.worker_client import WorkerProcess, WorkerSpec
+from service.models.catalog import Catalog, ModelSpec, discover_models
 from service.settings import PROJECT_ROOT, Settings
-from service.workers import WorkerProcess, WorkerSpec
 from tests.conftest import ClientFactory
 from tests.support.tiny_models import TINY_VITS_SAMPLE_RATE, build_tiny_vits, vits_samples
 
@@ -144,7 +144,7 @@ def test_describe_and_discovery_import_neither_torch_nor_transformers(tiny_vits:
         """
         import json, sys
         from pathlib import Path
-        from service.catalog import discover_models
+        from service.models.catalog import discover_models
         from service.engines.transformers_tts import TransformersEngine
         from service.settings import Settings
 

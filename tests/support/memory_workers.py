@@ -9,12 +9,12 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 import anyio
 from anyio.abc import TaskGroup
 
-from service.catalog import ModelSpec
 from service.engines import resolve_engine
 from service.engines.base import AudioChunk, EditRequest, Engine, GpuMemory, SynthesisRequest
 from service.lazy_loader import WorkerLauncher
-from service.memory import MemoryUsage
-from service.workers import SpeechWorker
+from service.lifecycle.memory import MemoryUsage
+from service.lifecycle.worker_client import SpeechWorker
+from service.models.catalog import ModelSpec
 
 # ids far above any real pid, so a test can tell them from processes
 _PIDS = itertools.count(10_000_000)

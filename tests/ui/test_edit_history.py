@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.edit_history import MAX_AGE_SECONDS, EditHistory, Step
-from service.errors import ApiError
+from service.controllers.errors import ApiError
+from service.library.edit_history import MAX_AGE_SECONDS, EditHistory, Step
 
 
 def step(
