@@ -40,8 +40,9 @@ container-env: $(UV)  ## build .venv-container, the container's locked environme
 lock: $(UV)  ## bring uv.lock in line with pyproject.toml; UPGRADE=1 takes the newest releases it allows
 	$(UV) lock $(if $(UPGRADE),--upgrade)
 
-lint: sync-test  ## ruff; shellcheck and hadolint (locked wheels, like every other tool) on the deployment files
+lint: sync-test  ## ruff; the layers' import contracts; shellcheck and hadolint (locked wheels) on the deployment files
 	$(BIN)/ruff check service tests bench scripts
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff format --check service tests bench scripts
 	$(BIN)/shellcheck start_unified_container.sh scripts/*.sh
 	$(BIN)/hadolint Dockerfile

@@ -141,23 +141,19 @@ def create_app(
 
     async def shut_down_when_requested() -> None:
         await shutdown_requested.wait()
-        await loader.shutdown(settings.shutdown_grace)
+        await loader.shutdown()
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         for model, reason in catalog.unavailable.items():
             log.warning("model_unavailable", model=model, reason=reason)
         async with anyio.create_task_group() as task_group:
-            loader.start(task_group)
-            task_group.start_soon(shut_down_when_requested)
-            for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
-                task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
-            try:
+            async with loader.running(settings.shutdown_grace):
+                task_group.start_soon(shut_down_when_requested)
+                for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
+                    task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
                 yield
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await loader.shutdown(settings.shutdown_grace)
-                task_group.cancel_scope.cancel()
+            task_group.cancel_scope.cancel()
 
     def provide(value: object) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)

@@ -6,23 +6,56 @@ request holds a `Lease` on the slot for its whole duration. State machine per sl
     unloaded -> loading -> loaded -> unloading -> unloaded        (loading -> failed -> loading on retry)
 
 A load that runs past its timeout, or is unloaded while it runs, is called off: its worker is ended and the slot
-goes `failed` (timeout) or `unloaded` (unload).
+goes `failed` (timeout) or `unloaded` (unload). What fits, what to evict and when an idle slot unloads are decided
+by the pure functions of `service.lifecycle.policy`, from a `SlotView` of each slot.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
 from service.lifecycle.memory import MemoryUsage
+from service.lifecycle.policy import (
+    Capacity,
+    ModelPolicy,
+    SlotState,
+    SlotView,
+    UnloadReason,
+    eviction_candidate,
+    has_room,
+    idle_deadline,
+)
+
+__all__ = [
+    "CapacityExhausted",
+    "EventRecord",
+    "LazyLoader",
+    "Lease",
+    "LifecycleEvent",
+    "LoadCalledOff",
+    "LoadFailed",
+    "ModelPolicy",
+    "ModelUnavailable",
+    "QueueFull",
+    "ShuttingDown",
+    "SlotSnapshot",
+    "SlotState",
+    "UnknownModel",
+    "UnloadReason",
+    "UnloadReport",
+    "Worker",
+    "WorkerLauncher",
+]
 
 log = structlog.get_logger("service.lazy_loader")
 
@@ -30,23 +63,6 @@ EVENT_HISTORY = 200
 REAPER_RETRY_SECONDS = 1.0
 # Retry-After for a load that failed while the next request may try again at once
 LOAD_RETRY_SECONDS = 1.0
-
-
-class SlotState(StrEnum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    LOADED = "loaded"
-    UNLOADING = "unloading"
-    FAILED = "failed"
-
-
-class UnloadReason(StrEnum):
-    IDLE = "idle"
-    MANUAL = "manual"
-    KEEP_ALIVE = "keep_alive"
-    EVICTED = "evicted"
-    CRASH = "crash"
-    SHUTDOWN = "shutdown"
 
 
 class LifecycleEvent(StrEnum):
@@ -167,15 +183,6 @@ class ShuttingDown(ModelUnavailable):
         self.retry_after = 5.0
 
 
-@dataclass
-class ModelPolicy:
-    idle_timeout: float
-    auto_unload: bool = True
-    pinned: bool = False
-    preload: bool = False
-    load_timeout: float | None = None  # seconds; None: the loader's own
-
-
 @dataclass(frozen=True)
 class UnloadReport:
     model: str
@@ -275,6 +282,19 @@ class _Slot(Generic[W]):
             return 0
         return (self.last_memory.rss_bytes or 0) + (self.last_memory.gpu_bytes or 0)
 
+    def view(self) -> SlotView:
+        return SlotView(
+            model=self.model,
+            state=self.state,
+            policy=self.policy,
+            keep_alive=self.keep_alive,
+            launching=self.launching,
+            idle=self.idle,
+            idle_since=self.idle_since,
+            last_used=self.last_used,
+            memory_bytes=self.memory_estimate(),
+        )
+
 
 class Lease(Generic[W]):
     """A request's hold on a loaded model: while any lease is held, nothing unloads it."""
@@ -323,17 +343,17 @@ class LazyLoader(Generic[W]):
         load_timeout: float = 300.0,
     ) -> None:
         self._slots: dict[str, _Slot[W]] = {
-            model: _Slot(model, replace(policy), anyio.Semaphore(1)) for model, policy in policies.items()
+            model: _Slot(model, model_policy, anyio.Semaphore(1)) for model, model_policy in policies.items()
         }
         self._launcher = launcher
-        self._max_loaded = max_loaded
-        self._memory_budget = memory_budget_bytes
+        self._capacity = Capacity(max_loaded, memory_budget_bytes)
         self._capacity_wait = capacity_wait
         self._max_queue = max_queue
         self._load_backoff = load_backoff
         self._max_load_backoff = max_load_backoff
         self._load_timeout = load_timeout
         self._task_group: TaskGroup | None = None
+        self._grace: float | None = None
         self._changed = anyio.Event()
         self._closing = False
         self._shut_down = anyio.Event()
@@ -343,18 +363,31 @@ class LazyLoader(Generic[W]):
 
     # ---- lifetime
 
-    def start(self, task_group: TaskGroup) -> None:
-        """Start one reaper per model in the given task group and preload what the policies ask for."""
-        self._task_group = task_group
-        for slot in self._slots.values():
-            task_group.start_soon(self._reap, slot, name=f"reaper:{slot.model}")
-            if slot.policy.preload:
-                self._start_load(slot)
+    @asynccontextmanager
+    async def running(self, grace: float) -> AsyncIterator[Self]:
+        """Run the loader in a task group of its own: one reaper per model, the preloads the policies ask for, loads,
+        watchers and whatever the launcher starts. On exit it shuts down (see `shutdown`), then closes the group."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            self._grace = grace
+            for slot in self._slots.values():
+                task_group.start_soon(self._reap, slot, name=f"reaper:{slot.model}")
+                if slot.policy.preload:
+                    self._start_load(slot)
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.shutdown()
+                task_group.cancel_scope.cancel()
 
-    async def shutdown(self, grace: float) -> list[UnloadReport]:
+    async def shutdown(self) -> list[UnloadReport]:
         """Refuse new requests, call off loads under way (their waiters get ShuttingDown), let the requests admitted
-        to a loaded model finish within `grace` seconds, then end every worker: requests still waiting for their turn
-        get ShuttingDown, those generating lose their worker. A second call waits for the first one's end."""
+        to a loaded model finish within the grace `running` was given, then end every worker: requests still waiting
+        for their turn get ShuttingDown, those generating lose their worker. Leaving `running` calls it; call it to
+        begin sooner. A second call waits for the first one's end."""
+        assert self._grace is not None, "LazyLoader.running() was not entered"
+        grace = self._grace
         if self._closing:
             await self._shut_down.wait()
             return list(self._shutdown_reports)
@@ -498,12 +531,13 @@ class LazyLoader(Generic[W]):
         pinned: bool | None = None,
     ) -> None:
         slot = self._slot(model)
-        if idle_timeout is not None:
-            slot.policy.idle_timeout = idle_timeout
-        if auto_unload is not None:
-            slot.policy.auto_unload = auto_unload
-        if pinned is not None:
-            slot.policy.pinned = pinned
+        current = slot.policy
+        slot.policy = replace(
+            current,
+            idle_timeout=current.idle_timeout if idle_timeout is None else idle_timeout,
+            auto_unload=current.auto_unload if auto_unload is None else auto_unload,
+            pinned=current.pinned if pinned is None else pinned,
+        )
         self._record(
             LifecycleEvent.POLICY_CHANGED,
             slot,
@@ -516,7 +550,7 @@ class LazyLoader(Generic[W]):
     # ---- loading
 
     def _start_load(self, slot: _Slot[W]) -> None:
-        assert self._task_group is not None, "LazyLoader.start() was not called"
+        assert self._task_group is not None, "LazyLoader.running() was not entered"
         slot.state = SlotState.LOADING
         slot.attempt = _LoadAttempt[W]()
         self._notify(slot)
@@ -612,37 +646,13 @@ class LazyLoader(Generic[W]):
         self._record(event, slot, **fields)
         self._notify(slot)
 
-    def _occupies_room(self, slot: _Slot[W]) -> bool:
-        return slot.state in (SlotState.LOADED, SlotState.UNLOADING) or slot.launching
-
-    def _has_room(self, slot: _Slot[W]) -> bool:
-        others = [other for other in self._slots.values() if other is not slot and self._occupies_room(other)]
-        if len(others) >= self._max_loaded:
-            return False
-        if self._memory_budget <= 0:
-            return True
-        used = sum(other.memory_estimate() for other in others)
-        return not others or used + slot.memory_estimate() <= self._memory_budget
-
-    def _eviction_candidate(self, slot: _Slot[W]) -> _Slot[W] | None:
-        candidates = [
-            other
-            for other in self._slots.values()
-            if other is not slot
-            and other.state is SlotState.LOADED
-            and other.idle
-            and not other.policy.pinned
-            and not (other.keep_alive is not None and other.keep_alive < 0)
-        ]
-        return min(candidates, key=lambda other: other.last_used, default=None)
-
     async def _make_room(self, slot: _Slot[W]) -> None:
         started = anyio.current_time()
         deadline = started + self._capacity_wait
-        while not self._has_room(slot):
-            victim = self._eviction_candidate(slot)
+        while not has_room(slot.view(), self._views(), self._capacity):
+            victim = eviction_candidate(slot.view(), self._views())
             if victim is not None:
-                await self._unload(victim, UnloadReason.EVICTED)
+                await self._unload(self._slots[victim.model], UnloadReason.EVICTED)
                 continue
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
@@ -782,37 +792,21 @@ class LazyLoader(Generic[W]):
 
     # ---- idle reaping
 
-    def _timeout(self, slot: _Slot[W]) -> tuple[float, UnloadReason] | None:
-        if slot.policy.pinned:
-            return None
-        if slot.keep_alive is not None:
-            return (slot.keep_alive, UnloadReason.KEEP_ALIVE) if slot.keep_alive >= 0 else None
-        if not slot.policy.auto_unload or slot.policy.idle_timeout < 0:
-            return None
-        return slot.policy.idle_timeout, UnloadReason.IDLE
-
-    def _deadline(self, slot: _Slot[W]) -> tuple[float, UnloadReason] | None:
-        """When the reaper unloads this slot, measured on anyio's clock; None while it must stay."""
-        timeout = self._timeout(slot)
-        if slot.state is not SlotState.LOADED or not slot.idle or timeout is None:
-            return None
-        return slot.idle_since + timeout[0], timeout[1]
-
     async def _reap(self, slot: _Slot[W]) -> None:
         """Sleep until the slot's idle deadline (woken by every change to it), then unload it."""
         while True:
             changed = slot.changed
-            deadline = self._deadline(slot)
+            deadline = idle_deadline(slot.view())
             if deadline is None:
                 await changed.wait()
                 continue
-            remaining = deadline[0] - anyio.current_time()
+            remaining = deadline.at - anyio.current_time()
             if remaining > 0:
                 with anyio.move_on_after(remaining):
                     await changed.wait()
                 continue
             try:
-                await self._unload(slot, deadline[1])
+                await self._unload(slot, deadline.reason)
             except Exception as error:  # a reaper must outlive any one failed unload
                 self._record(
                     LifecycleEvent.UNLOAD_FAILED, slot, level="error", error=f"{type(error).__name__}: {error}"
@@ -823,12 +817,12 @@ class LazyLoader(Generic[W]):
 
     def _snapshot(self, slot: _Slot[W], memory: MemoryUsage | None) -> SlotSnapshot:
         now = anyio.current_time()
-        deadline = self._deadline(slot)
+        deadline = idle_deadline(slot.view())
         loaded_and_idle = slot.state is SlotState.LOADED and slot.admitted == 0
         return SlotSnapshot(
             model=slot.model,
             state=slot.state,
-            policy=replace(slot.policy),
+            policy=slot.policy,
             keep_alive=slot.keep_alive,
             pid=slot.process.pid if slot.process is not None else None,
             in_flight=slot.running,
@@ -838,7 +832,7 @@ class LazyLoader(Generic[W]):
             last_unload_reason=slot.last_unload_reason,
             last_error=slot.last_error,
             idle_seconds=now - slot.idle_since if loaded_and_idle else None,
-            seconds_until_unload=max(0.0, deadline[0] - now) if deadline is not None else None,
+            seconds_until_unload=max(0.0, deadline.at - now) if deadline is not None else None,
             unloads_by_reason=dict(slot.unloads),
             memory=memory,
             consecutive_failures=slot.failures,
@@ -862,6 +856,9 @@ class LazyLoader(Generic[W]):
     def worker(self, model: str) -> W | None:
         """The model's current worker, if one is loaded (for reading what it reported; not for requests)."""
         return self._slot(model).worker
+
+    def _views(self) -> list[SlotView]:
+        return [slot.view() for slot in self._slots.values()]
 
     def _notify(self, slot: _Slot[W]) -> None:
         slot.changed.set()

@@ -21,7 +21,9 @@ from service.lazy_loader import LazyLoader, ModelPolicy
 from service.lifecycle.worker_client import SpeechWorker
 from service.models.catalog import ModelSpec
 from service.settings import PROJECT_ROOT, Settings
+from tests.support.asgi import StreamingASGITransport
 from tests.support.engines import TONE_ENGINE
+from tests.support.memory_workers import app_with_in_memory_workers
 from tests.support.processes import free_port
 
 
@@ -53,10 +55,11 @@ def tone_model(model_id: str = "tone", idle_timeout: float = 300.0, **options: A
 
 
 class AppClient(httpx.AsyncClient):
-    """An HTTP client talking over a real socket to an app served by uvicorn in the test's own event loop."""
+    """An HTTP client for an app run in the test's own event loop: over a real socket to uvicorn (`serve`), or
+    in-process through a transport (`serve_in_process`)."""
 
-    def __init__(self, app: Litestar, base_url: str) -> None:
-        super().__init__(base_url=base_url, timeout=60)
+    def __init__(self, app: Litestar, base_url: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url=base_url, timeout=60, transport=transport)
         self.app = app
 
     @property
@@ -92,18 +95,38 @@ async def serve(app: Litestar) -> AsyncIterator[AppClient]:
                 await stopped.wait()
 
 
+@asynccontextmanager
+async def serve_in_process(app: Litestar) -> AsyncIterator[AppClient]:
+    """The app's lifespan run in this event loop and a client calling it in-process (no socket, no uvicorn)."""
+    async with anyio.create_task_group() as requests:
+        async with app.lifespan():
+            transport = StreamingASGITransport(app, requests)
+            async with AppClient(app, "http://testserver", transport=transport) as client:
+                yield client
+        requests.cancel_scope.cancel()  # responses nobody read to their end
+
+
 ClientFactory = Callable[..., AbstractAsyncContextManager[AppClient]]
 
 
 @pytest.fixture
-def make_client(tmp_path: Path) -> ClientFactory:
-    """Serve an app built from settings (data in a temporary folder by default) and extra models; the context
-    yields a client for it."""
+def make_client(request: pytest.FixtureRequest, tmp_path: Path) -> ClientFactory:
+    """Build an app from settings (data in a temporary folder by default) and extra models; the context yields a
+    client for it. Marked `in_process`: every model's engine runs in the test's own process
+    (tests/support/memory_workers.py) and the client calls the app in-process (tests/support/asgi.py), for tests of
+    HTTP behaviour. Otherwise: uvicorn on a real socket, each model in a real worker process, for tests whose point
+    is processes and sockets (crashes, kills, disconnects, pids and memory), and for tests marked `real_processes`
+    in a module marked `in_process`."""
+    node = request.node
+    in_process = node.get_closest_marker("in_process") is not None and node.get_closest_marker("real_processes") is None
 
     def build(
         settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()
     ) -> AbstractAsyncContextManager[AppClient]:
-        return serve(create_app(settings or Settings(data_dir=tmp_path / "data"), models))
+        settings = settings or Settings(data_dir=tmp_path / "data")
+        if in_process:
+            return serve_in_process(app_with_in_memory_workers(settings, models))
+        return serve(create_app(settings, models))
 
     return build
 

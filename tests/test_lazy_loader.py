@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
@@ -102,15 +101,6 @@ def policies(*models: str, idle_timeout: float = 300.0, **options: bool) -> dict
     return {model: ModelPolicy(idle_timeout=idle_timeout, **options) for model in models}
 
 
-@asynccontextmanager
-async def running(loader: LazyLoader[FakeWorker]) -> AsyncIterator[LazyLoader[FakeWorker]]:
-    async with anyio.create_task_group() as task_group:
-        loader.start(task_group)
-        yield loader
-        await loader.shutdown(grace=1.0)
-        task_group.cancel_scope.cancel()
-
-
 async def refused(loader: LazyLoader[FakeWorker], model: str, kind: type[RefusalT], into: list[RefusalT]) -> None:
     """A request for the model that must be refused with `kind`; the refusal goes into `into`."""
     with pytest.raises(kind) as refusal:
@@ -127,7 +117,7 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 async def test_first_request_loads_the_model_and_later_ones_find_it_warm() -> None:
     launcher = FakeLauncher()
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
         assert loader.state("a") is SlotState.UNLOADED
         first = await loader.acquire("a")
         first.release()
@@ -143,7 +133,7 @@ async def test_concurrent_cold_requests_share_a_single_load() -> None:
     launcher = FakeLauncher()
     launcher.gate = anyio.Event()
     workers: list[FakeWorker] = []
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
 
         async def request() -> None:
             lease = await loader.acquire("a")
@@ -166,7 +156,7 @@ async def test_failed_load_fails_every_waiter_and_the_next_request_retries() -> 
     launcher.failure = "weights not found"
     launcher.gate = anyio.Event()
     errors: list[BaseException] = []
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
 
         async def request() -> None:
             try:
@@ -194,7 +184,7 @@ async def test_failed_load_fails_every_waiter_and_the_next_request_retries() -> 
 
 
 async def test_no_unload_while_a_request_runs_and_the_idle_clock_starts_when_it_ends() -> None:
-    async with running(LazyLoader(policies("a", idle_timeout=0.2), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", idle_timeout=0.2), FakeLauncher()).running(grace=1.0) as loader:
         lease = await loader.acquire("a")
         await anyio.sleep(0.5)  # the request lasts longer than the idle timeout
         assert loader.state("a") is SlotState.LOADED
@@ -208,7 +198,7 @@ async def test_no_unload_while_a_request_runs_and_the_idle_clock_starts_when_it_
 
 
 async def test_reaper_unloads_within_half_a_second_of_the_deadline() -> None:
-    async with running(LazyLoader(policies("a", idle_timeout=0.3), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", idle_timeout=0.3), FakeLauncher()).running(grace=1.0) as loader:
         for _ in range(3):
             (await loader.acquire("a")).release()
             released = anyio.current_time()
@@ -218,7 +208,7 @@ async def test_reaper_unloads_within_half_a_second_of_the_deadline() -> None:
 
 
 async def test_manual_unload_drains_requests_in_flight_first() -> None:
-    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a"), FakeLauncher()).running(grace=1.0) as loader:
         lease = await loader.acquire("a")
         worker = lease.worker
         reports = []
@@ -249,7 +239,7 @@ async def test_manual_unload_drains_requests_in_flight_first() -> None:
 
 async def test_requests_arriving_during_a_drain_wait_and_get_a_fresh_load() -> None:
     launcher = FakeLauncher()
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
         lease = await loader.acquire("a")
         late: list[FakeWorker] = []
 
@@ -270,7 +260,7 @@ async def test_requests_arriving_during_a_drain_wait_and_get_a_fresh_load() -> N
 
 
 async def test_unloading_an_unloaded_model_reports_that_nothing_happened() -> None:
-    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a"), FakeLauncher()).running(grace=1.0) as loader:
         report = await loader.unload("a")
         assert report.previous_state is SlotState.UNLOADED
         assert not report.worker_exited
@@ -278,14 +268,14 @@ async def test_unloading_an_unloaded_model_reports_that_nothing_happened() -> No
 
 
 async def test_keep_alive_zero_unloads_right_after_the_request() -> None:
-    async with running(LazyLoader(policies("a"), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a"), FakeLauncher()).running(grace=1.0) as loader:
         (await loader.acquire("a", keep_alive=0)).release()
         await until(lambda: loader.state("a") is SlotState.UNLOADED, timeout=0.5)
         assert (await loader.snapshot("a")).last_unload_reason is UnloadReason.KEEP_ALIVE
 
 
 async def test_positive_keep_alive_overrides_the_idle_timeout() -> None:
-    async with running(LazyLoader(policies("a", idle_timeout=300), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", idle_timeout=300), FakeLauncher()).running(grace=1.0) as loader:
         (await loader.acquire("a", keep_alive=0.2)).release()
         snapshot = await loader.snapshot("a")
         assert snapshot.keep_alive == 0.2
@@ -296,7 +286,7 @@ async def test_positive_keep_alive_overrides_the_idle_timeout() -> None:
 
 
 async def test_negative_keep_alive_keeps_the_model_until_unloaded_by_hand() -> None:
-    async with running(LazyLoader(policies("a", idle_timeout=0.05), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", idle_timeout=0.05), FakeLauncher()).running(grace=1.0) as loader:
         (await loader.acquire("a", keep_alive=-1)).release()
         await anyio.sleep(0.3)
         snapshot = await loader.snapshot("a")
@@ -309,7 +299,7 @@ async def test_negative_keep_alive_keeps_the_model_until_unloaded_by_hand() -> N
 
 
 async def test_loading_past_the_model_limit_evicts_the_least_recently_used_idle_model() -> None:
-    async with running(LazyLoader(policies("a", "b", "c"), FakeLauncher(), max_loaded=2)) as loader:
+    async with LazyLoader(policies("a", "b", "c"), FakeLauncher(), max_loaded=2).running(grace=1.0) as loader:
         (await loader.acquire("a")).release()
         (await loader.acquire("b")).release()
         (await loader.acquire("a")).release()
@@ -319,7 +309,8 @@ async def test_loading_past_the_model_limit_evicts_the_least_recently_used_idle_
 
 
 async def test_a_busy_model_is_never_evicted_and_the_newcomer_gets_capacity_exhausted() -> None:
-    async with running(LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=0.2)) as loader:
+    loader = LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=0.2)
+    async with loader.running(grace=1.0):
         lease = await loader.acquire("a")
         with pytest.raises(CapacityExhausted) as raised:
             await loader.acquire("b")
@@ -330,7 +321,8 @@ async def test_a_busy_model_is_never_evicted_and_the_newcomer_gets_capacity_exha
 
 
 async def test_a_load_waiting_for_room_proceeds_once_the_busy_model_is_released() -> None:
-    async with running(LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=10)) as loader:
+    loader = LazyLoader(policies("a", "b"), FakeLauncher(), max_loaded=1, capacity_wait=10)
+    async with loader.running(grace=1.0):
         lease = await loader.acquire("a")
         got: list[str] = []
 
@@ -355,7 +347,7 @@ async def test_pinned_models_are_neither_reaped_nor_evicted() -> None:
         max_loaded=1,
         capacity_wait=0.1,
     )
-    async with running(loader):
+    async with loader.running(grace=1.0):
         (await loader.acquire("a")).release()
         await anyio.sleep(0.3)
         assert loader.state("a") is SlotState.LOADED
@@ -367,7 +359,7 @@ async def test_pinned_models_are_neither_reaped_nor_evicted() -> None:
 
 async def test_memory_budget_evicts_when_the_next_model_would_not_fit() -> None:
     loader = LazyLoader(policies("a", "b"), FakeLauncher(rss_bytes=1000), max_loaded=5, memory_budget_bytes=1500)
-    async with running(loader):
+    async with loader.running(grace=1.0):
         (await loader.acquire("b")).release()
         await loader.unload("b")  # b's measured size (1000 B) is now known
         (await loader.acquire("a")).release()
@@ -378,7 +370,7 @@ async def test_memory_budget_evicts_when_the_next_model_would_not_fit() -> None:
 
 async def test_a_crashed_worker_frees_its_slot_and_the_next_request_reloads() -> None:
     launcher = FakeLauncher()
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
         (await loader.acquire("a")).release()
         launcher.workers[0].exit(-9)
         await until(lambda: loader.state("a") is SlotState.UNLOADED)
@@ -395,14 +387,12 @@ async def test_a_crashed_worker_frees_its_slot_and_the_next_request_reloads() ->
 
 async def test_shutdown_refuses_new_requests_and_waits_for_those_in_flight() -> None:
     launcher = FakeLauncher()
-    async with anyio.create_task_group() as task_group:
-        loader = LazyLoader(policies("a", "b"), launcher)
-        loader.start(task_group)
+    reports: list[UnloadReport] = []
+    async with LazyLoader(policies("a", "b"), launcher).running(grace=5) as loader:
         lease = await loader.acquire("a")
-        reports = []
 
         async def shutdown() -> None:
-            reports.extend(await loader.shutdown(grace=5))
+            reports.extend(await loader.shutdown())
 
         async with anyio.create_task_group() as group:
             group.start_soon(shutdown)
@@ -411,26 +401,61 @@ async def test_shutdown_refuses_new_requests_and_waits_for_those_in_flight() -> 
                 await loader.acquire("b")
             assert launcher.workers[0].code is None
             lease.release()
-        task_group.cancel_scope.cancel()
     assert launcher.workers[0].code == 0
     assert {report.model: report.reason for report in reports if report.worker_exited} == {"a": UnloadReason.SHUTDOWN}
 
 
-async def test_shutdown_stops_workers_whose_requests_outlive_the_grace_period() -> None:
+async def test_leaving_running_stops_workers_whose_requests_outlive_the_grace_period() -> None:
     launcher = FakeLauncher()
-    async with anyio.create_task_group() as task_group:
-        loader = LazyLoader(policies("a"), launcher)
-        loader.start(task_group)
+    async with LazyLoader(policies("a"), launcher).running(grace=0.1) as loader:
         lease = await loader.acquire("a")
-        reports = await loader.shutdown(grace=0.1)
-        task_group.cancel_scope.cancel()
+        left = anyio.current_time()
+    assert anyio.current_time() - left >= 0.1
     assert launcher.workers[0].code == 0
-    assert reports[0].requests_drained == 1
+    reports = await loader.shutdown()
+    assert [(report.reason, report.requests_drained) for report in reports] == [(UnloadReason.SHUTDOWN, 1)]
     lease.release()
 
 
+async def test_leaving_running_on_an_error_still_ends_every_worker() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(policies("a"), launcher)
+
+    async def break_while_running() -> None:
+        async with loader.running(grace=1.0):
+            (await loader.acquire("a")).release()
+            raise RuntimeError("the server broke")
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await break_while_running()
+    assert [str(error) for error in raised.value.exceptions] == ["the server broke"]
+    assert launcher.workers[0].code == 0
+    assert loader.closing
+
+
+async def test_running_preloads_what_the_policies_ask_for() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(policies("a") | policies("b", preload=True), launcher)
+    async with loader.running(grace=1.0):
+        await until(lambda: loader.state("b") is SlotState.LOADED)
+        assert loader.state("a") is SlotState.UNLOADED
+    assert [(worker.model, worker.code) for worker in launcher.workers] == [("b", 0)]
+
+
+async def test_configure_replaces_the_policy_and_keeps_what_it_was_not_given() -> None:
+    loader = LazyLoader({"a": ModelPolicy(idle_timeout=300, load_timeout=600)}, FakeLauncher())
+    async with loader.running(grace=1.0):
+        before = (await loader.snapshot("a")).policy
+        loader.configure("a", idle_timeout=5.0, pinned=True)
+        after = (await loader.snapshot("a")).policy
+    assert before == ModelPolicy(idle_timeout=300, load_timeout=600)
+    assert after == ModelPolicy(idle_timeout=5.0, pinned=True, load_timeout=600)
+    changes = [record.fields for record in loader.events if record.event is LifecycleEvent.POLICY_CHANGED]
+    assert changes == [{"idle_timeout": 5.0, "auto_unload": True, "pinned": True}]
+
+
 async def test_unknown_model_names_the_known_ones() -> None:
-    async with running(LazyLoader(policies("a", "b"), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", "b"), FakeLauncher()).running(grace=1.0) as loader:
         with pytest.raises(UnknownModel, match="known models: a, b"):
             await loader.acquire("zzz")
         with pytest.raises(UnknownModel):
@@ -441,7 +466,7 @@ async def test_lifecycle_events_are_recorded_for_listeners() -> None:
     seen: list[LifecycleEvent] = []
     loader = LazyLoader(policies("a"), FakeLauncher())
     loader.listeners.append(lambda record: seen.append(record.event))
-    async with running(loader):
+    async with loader.running(grace=1.0):
         (await loader.acquire("a")).release()
         await loader.unload("a")
     assert seen[:3] == [LifecycleEvent.LOAD_STARTED, LifecycleEvent.LOADED, LifecycleEvent.UNLOADED]
@@ -456,7 +481,7 @@ async def test_lifecycle_events_are_recorded_for_listeners() -> None:
 
 
 async def test_past_the_queue_bound_requests_are_refused_with_retry_after() -> None:
-    async with running(LazyLoader(policies("a"), FakeLauncher(), max_queue=2)) as loader:
+    async with LazyLoader(policies("a"), FakeLauncher(), max_queue=2).running(grace=1.0) as loader:
         lease = await loader.acquire("a")
         async with anyio.create_task_group() as group:
             for _ in range(2):
@@ -474,7 +499,7 @@ async def test_past_the_queue_bound_requests_are_refused_with_retry_after() -> N
 async def test_repeated_load_failures_back_off_instead_of_looping() -> None:
     launcher = FakeLauncher()
     launcher.failure = "out of memory"
-    async with running(LazyLoader(policies("a"), launcher, load_backoff=0.3)) as loader:
+    async with LazyLoader(policies("a"), launcher, load_backoff=0.3).running(grace=1.0) as loader:
         for _ in range(2):
             with pytest.raises(LoadFailed) as failed:
                 await loader.acquire("a")
@@ -497,7 +522,7 @@ async def test_repeated_load_failures_back_off_instead_of_looping() -> None:
 
 async def test_a_worker_ended_by_the_watchdog_names_the_cause() -> None:
     launcher = FakeLauncher()
-    async with running(LazyLoader(policies("a"), launcher)) as loader:
+    async with LazyLoader(policies("a"), launcher).running(grace=1.0) as loader:
         (await loader.acquire("a")).release()
         launcher.workers[0].exit_reason = "killed by the generation watchdog after 5 s"
         launcher.workers[0].exit(-9)
@@ -510,7 +535,7 @@ async def test_a_worker_ended_by_the_watchdog_names_the_cause() -> None:
 
 
 async def test_keep_alive_of_a_request_that_waited_through_an_unload_still_applies() -> None:
-    async with running(LazyLoader(policies("a", idle_timeout=300), FakeLauncher())) as loader:
+    async with LazyLoader(policies("a", idle_timeout=300), FakeLauncher()).running(grace=1.0) as loader:
         lease = await loader.acquire("a")
         late: list[float | None] = []
 
@@ -532,36 +557,32 @@ async def test_keep_alive_of_a_request_that_waited_through_an_unload_still_appli
 async def test_shutdown_calls_off_a_load_under_way_and_ends_its_worker() -> None:
     launcher = FakeLauncher()
     launcher.loading = anyio.Event()
-    async with anyio.create_task_group() as task_group:
-        loader = LazyLoader(policies("a"), launcher)
-        loader.start(task_group)
+    loader = LazyLoader(policies("a"), launcher)
 
-        async def request() -> None:
-            with pytest.raises(ShuttingDown):
-                await loader.acquire("a")
+    async def request() -> None:
+        with pytest.raises(ShuttingDown):
+            await loader.acquire("a")
 
-        task_group.start_soon(request)
+    async with loader.running(grace=60), anyio.create_task_group() as group:
+        group.start_soon(request)
         await until(lambda: loader.snapshots_now()[0].pid is not None)
         with anyio.fail_after(5):
-            reports = await loader.shutdown(grace=60)
+            reports = await loader.shutdown()
         assert launcher.workers[0].code == -9
         assert [(report.previous_state, report.pid, report.exit_code) for report in reports] == [
             (SlotState.LOADING, launcher.workers[0].pid, -9)
         ]
         assert loader.state("a") is SlotState.UNLOADED
-        task_group.cancel_scope.cancel()
 
 
 async def test_a_second_shutdown_waits_for_the_first_and_reports_the_same() -> None:
     launcher = FakeLauncher()
-    async with anyio.create_task_group() as task_group:
-        loader = LazyLoader(policies("a"), launcher)
-        loader.start(task_group)
+    reports: dict[str, list[UnloadReport]] = {}
+    async with LazyLoader(policies("a"), launcher).running(grace=5) as loader:
         lease = await loader.acquire("a")
-        reports: dict[str, list[UnloadReport]] = {}
 
         async def shutdown(name: str) -> None:
-            reports[name] = await loader.shutdown(grace=5)
+            reports[name] = await loader.shutdown()
 
         async with anyio.create_task_group() as group:
             group.start_soon(shutdown, "first")
@@ -570,7 +591,6 @@ async def test_a_second_shutdown_waits_for_the_first_and_reports_the_same() -> N
             await anyio.lowlevel.checkpoint()
             assert reports == {}
             lease.release()
-        task_group.cancel_scope.cancel()
     assert reports["first"] == reports["second"]
     assert [report.reason for report in reports["first"]] == [UnloadReason.SHUTDOWN]
 
@@ -579,7 +599,7 @@ async def test_the_pid_shows_while_loading_and_a_load_past_its_timeout_fails_and
     launcher = FakeLauncher()
     launcher.loading = anyio.Event()
     errors: list[LoadFailed] = []
-    async with running(LazyLoader(policies("a"), launcher, load_timeout=0.2)) as loader:
+    async with LazyLoader(policies("a"), launcher, load_timeout=0.2).running(grace=1.0) as loader:
         async with anyio.create_task_group() as group:
             group.start_soon(refused, loader, "a", LoadFailed, errors)
             await until(lambda: loader.snapshots_now()[0].pid is not None)
@@ -612,7 +632,7 @@ async def test_a_model_s_own_load_timeout_overrides_the_loader_s() -> None:
         launcher,
         load_timeout=0.1,
     )
-    async with running(loader):
+    async with loader.running(grace=1.0):
         async with anyio.create_task_group() as group:
             group.start_soon(loader.load, "patient")
             await until(lambda: loader.state("patient") is SlotState.LOADING)
@@ -627,7 +647,7 @@ async def test_unloading_a_loading_model_calls_off_the_load_ends_its_worker_and_
     launcher = FakeLauncher()
     launcher.loading = anyio.Event()
     waiting: list[LoadCalledOff] = []
-    async with running(LazyLoader(policies("a", "b"), launcher, max_loaded=1, capacity_wait=0.1)) as loader:
+    async with LazyLoader(policies("a", "b"), launcher, max_loaded=1, capacity_wait=0.1).running(grace=1.0) as loader:
         async with anyio.create_task_group() as group:
             group.start_soon(refused, loader, "a", LoadCalledOff, waiting)
             await until(lambda: loader.snapshots_now()[0].pid is not None)

@@ -14,8 +14,8 @@ import numpy.typing as npt
 import soundfile
 import soxr
 
-from service.controllers.errors import ApiError
 from service.engines.base import AudioClip
+from service.errors import InvalidRequest, TooLarge
 
 MIN_SECONDS = 0.2
 MAX_CHANNELS = 32
@@ -38,8 +38,8 @@ class AudioDecoder:
 
     def decode(self, data: bytes, param: str) -> AudioClip:
         if len(data) > self.max_bytes:
-            raise ApiError(
-                413, f"{param} is {len(data)} bytes; the limit is {self.max_bytes}", param=param, code="audio_too_large"
+            raise TooLarge(
+                f"{param} is {len(data)} bytes; the limit is {self.max_bytes}", param=param, code="audio_too_large"
             )
         try:
             with soundfile.SoundFile(io.BytesIO(data)) as sound:
@@ -50,8 +50,7 @@ class AudioDecoder:
         except (RuntimeError, TypeError, ValueError) as error:
             raise _unreadable(param, str(error)) from error
         if seconds < MIN_SECONDS:
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 f"{param} is {seconds:.2f} s long; at least {MIN_SECONDS} s is needed",
                 param=param,
                 code="audio_too_short",
@@ -61,15 +60,13 @@ class AudioDecoder:
     def _check_header(self, sound: soundfile.SoundFile, param: str) -> None:
         """Channels, rate and length as the header declares them, before anything is decoded."""
         if sound.channels > MAX_CHANNELS:
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 f"{param} has {sound.channels} channels; at most {MAX_CHANNELS} are accepted",
                 param=param,
                 code="too_many_channels",
             )
         if not MIN_SAMPLE_RATE <= sound.samplerate <= MAX_SAMPLE_RATE:
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 f"{param} is sampled at {sound.samplerate} Hz; {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz are accepted",
                 param=param,
                 code="unsupported_sample_rate",
@@ -101,9 +98,9 @@ class AudioDecoder:
             if ended:
                 return np.concatenate(pieces), frames / sound.samplerate
 
-    def _too_long(self, param: str, length: str) -> ApiError:
-        return ApiError(
-            400, f"{param} is {length} long; the limit is {self.max_seconds:g} s", param=param, code="audio_too_long"
+    def _too_long(self, param: str, length: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"{param} is {length} long; the limit is {self.max_seconds:g} s", param=param, code="audio_too_long"
         )
 
     def conform(self, clip: AudioClip) -> AudioClip:
@@ -117,7 +114,7 @@ class AudioDecoder:
         try:
             data = base64.b64decode(text.split(",", 1)[-1] if text.startswith("data:") else text, validate=True)
         except (binascii.Error, ValueError) as error:
-            raise ApiError(400, f"{param} is not valid base64: {error}", param=param, code="invalid_base64") from error
+            raise InvalidRequest(f"{param} is not valid base64: {error}", param=param, code="invalid_base64") from error
         return self.decode(data, param)
 
     async def read(self, data: bytes, param: str) -> AudioClip:
@@ -132,13 +129,12 @@ class AudioDecoder:
         try:
             parsed = httpx.URL(url)
         except httpx.InvalidURL as error:
-            raise ApiError(400, f"{param} is not a URL: {error}", param=param, code="invalid_value") from error
+            raise InvalidRequest(f"{param} is not a URL: {error}", param=param, code="invalid_value") from error
         normalized = str(parsed)
         segments = parsed.raw_path.decode(errors="replace").split("?")[0].split("/")
         unsafe = ".." in segments or "." in segments or parsed.userinfo or "%2e" in url.lower()
         if unsafe or not any(normalized.startswith(str(httpx.URL(prefix))) for prefix in self.url_prefixes):
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 f"{param}: fetching audio from URLs is not allowed for this URL; send the audio as "
                 "base64 or as an upload (operators can allow URL prefixes with AUDIO_URL_PREFIXES)",
                 param=param,
@@ -156,13 +152,12 @@ class AudioDecoder:
                     if len(data) > self.max_bytes:
                         break
         except httpx.HTTPError as error:
-            raise ApiError(400, f"{param}: could not fetch {url}: {error}", param=param, code="url_failed") from error
+            raise InvalidRequest(f"{param}: could not fetch {url}: {error}", param=param, code="url_failed") from error
         return await self.read(bytes(data), param)
 
 
-def _unreadable(param: str, reason: str) -> ApiError:
-    return ApiError(
-        400,
+def _unreadable(param: str, reason: str) -> InvalidRequest:
+    return InvalidRequest(
         f"{param} is not audio this server can read (wav, flac, ogg, mp3): {reason}",
         param=param,
         code="invalid_audio",

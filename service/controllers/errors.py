@@ -18,8 +18,8 @@ from litestar.types import ExceptionHandlersMap
 from litestar.utils.scope.state import ScopeState
 
 from service.engines.base import EngineInputError
+from service.errors import Conflict, InsufficientStorage, NotFound, ServiceError, StreamAborted, Timeout, TooLarge
 from service.lazy_loader import ModelUnavailable, QueueFull, UnknownModel
-from service.library.voices import VoiceError
 from service.lifecycle.worker_client import EngineRequestError, GenerationTimeout, WorkerCrashed
 from service.models.catalog import NoEditingModel
 
@@ -27,6 +27,14 @@ log = structlog.get_logger("service.controllers.errors")
 
 # msgspec names the field at fault inside its message when the problem is the field's presence, not its value
 _NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+# the status of each kind of the service's own errors; any other kind is an invalid request (400)
+_SERVICE_ERROR_STATUSES: tuple[tuple[type[ServiceError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (Timeout, 504),
+    (InsufficientStorage, 507),
+)
 
 
 class ApiError(Exception):
@@ -62,8 +70,8 @@ def as_api_error(error: Exception) -> ApiError:
         return as_api_error(error.exceptions[0])
     if isinstance(error, ApiError):
         return error
-    if isinstance(error, VoiceError):
-        return ApiError(error.status, str(error), param=error.param, code=error.code)
+    if isinstance(error, ServiceError):
+        return _service_error(error)
     if isinstance(error, (UnknownModel, NoEditingModel)):
         return ApiError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, EngineInputError):
@@ -94,6 +102,19 @@ def as_api_error(error: Exception) -> ApiError:
         # Litestar lets it through from request parsing: invalid UTF-8 in a multipart text field
         return _invalid_encoding(None)
     return ApiError(HTTP_500_INTERNAL_SERVER_ERROR, "internal server error", code="internal_error")
+
+
+def _service_error(error: ServiceError) -> ApiError:
+    status = next((status for kind, status in _SERVICE_ERROR_STATUSES if isinstance(error, kind)), 400)
+    headers = {"Retry-After": str(math.ceil(error.retry_after))} if isinstance(error, Timeout) else {}
+    return ApiError(status, error.message, param=error.param, code=error.code, headers=headers)
+
+
+def abort_cause(aborted: StreamAborted) -> str:
+    """The label logs and metrics count an aborted stream under: the code its failure maps to, if one ended it."""
+    if aborted.failure is None:
+        return aborted.cause
+    return as_api_error(aborted.failure).code or "engine_error"
 
 
 def _name_too_long(cause: BaseException | None) -> bool:

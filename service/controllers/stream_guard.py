@@ -5,33 +5,16 @@ client's HTTP library sees an incomplete body and raises instead of saving a tru
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import structlog
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
+from service.controllers.errors import abort_cause
+from service.errors import StreamAborted
+
 log = structlog.get_logger("service.controllers.stream_guard")
-
-
-class StreamAborted(Exception):
-    """A started response that must end unfinished; `cause` is a short stable label for logs and metrics, `body`
-    the OpenAI error object a stream can still tell its client (server-sent events)."""
-
-    def __init__(
-        self,
-        cause: str,
-        message: str,
-        model: str = "",
-        audio_seconds: float | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.cause = cause
-        self.model = model
-        self.audio_seconds = audio_seconds
-        self.body = body
 
 
 def _header(message: HTTPResponseStartEvent, name: bytes) -> str:
@@ -73,7 +56,7 @@ def stream_guard(send_timeout: float, on_abort: Callable[[str, str], None]) -> C
                     await send(message)
                 if scope_.cancelled_caught:
                     raise StreamAborted(
-                        "client_stalled", f"the client took no data for {send_timeout:g} s", model=model
+                        f"the client took no data for {send_timeout:g} s", cause="client_stalled", model=model
                     )
 
             try:
@@ -83,15 +66,16 @@ def stream_guard(send_timeout: float, on_abort: Callable[[str, str], None]) -> C
                 if aborted is None:
                     raise
                 model_id = aborted.model or model
+                cause = abort_cause(aborted)
                 log.warning(
                     "stream_aborted",
-                    cause=aborted.cause,
+                    cause=cause,
                     model=model_id,
                     error=str(aborted),
                     audio_seconds=aborted.audio_seconds,
                     path=scope["path"],
                 )
-                on_abort(model_id, aborted.cause)
+                on_abort(model_id, cause)
 
         return guarded
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from service.controllers.errors import ApiError
+from service.errors import NotFound
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 MAX_AGE_SECONDS = 7 * 24 * 3600
@@ -79,9 +79,8 @@ class Session:
         return cls(steps=steps, **data)
 
 
-def _unknown(session_id: str) -> ApiError:
-    return ApiError(
-        404,
+def _unknown(session_id: str) -> NotFound:
+    return NotFound(
         f"no edit session {session_id!r}: it was started over, or removed after {MAX_AGE_SECONDS // 86400} days",
         param="session",
         code="session_not_found",
@@ -105,7 +104,7 @@ class EditHistory:
 
     def audio_path(self, session: Session, index: int) -> Path:
         if not 0 <= index < len(session.steps):
-            raise ApiError(404, f"session {session.id!r} has no step {index}", param="step", code="step_not_found")
+            raise NotFound(f"session {session.id!r} has no step {index}", param="step", code="step_not_found")
         return self._folder(session.id) / f"{index}.wav"
 
     def _save(self, session: Session) -> Session:

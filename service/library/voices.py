@@ -21,34 +21,30 @@ import numpy as np
 import soundfile
 
 from service.engines.base import AudioClip
+from service.errors import Conflict, InsufficientStorage, NotFound, ServiceError
 
 VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MAX_TRANSCRIPT_CHARS = 2000
 
 
-class VoiceError(Exception):
-    """A voice request that cannot be honoured; `status` is the HTTP status it maps to."""
+class VoiceError(ServiceError):
+    """A voice request that cannot be honoured: an invalid request, unless it is of a more specific kind."""
 
-    status = 400
     code = "invalid_voice"
 
     def __init__(self, message: str, param: str | None = "name") -> None:
-        super().__init__(message)
-        self.param = param
+        super().__init__(message, param=param)
 
 
-class UnknownVoice(VoiceError):
-    status = 404
+class UnknownVoice(VoiceError, NotFound):
     code = "unknown_voice"
 
 
-class VoiceConflict(VoiceError):
-    status = 409
+class VoiceConflict(VoiceError, Conflict):
     code = "voice_conflict"
 
 
-class VoiceStorageFull(VoiceError):
-    status = 507
+class VoiceStorageFull(VoiceError, InsufficientStorage):
     code = "insufficient_storage"
 
 

@@ -3,12 +3,10 @@ method takes a model id or an alias."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from service.lazy_loader import LazyLoader, SlotState
 from service.lifecycle.worker_client import SpeechWorker
 from service.models.catalog import Catalog
-from service.models.views import model_status, unload_report
+from service.models.views import ModelStatus, UnloadResult, model_status, unload_result
 
 
 class ModelAdmin:
@@ -16,7 +14,7 @@ class ModelAdmin:
         self.catalog = catalog
         self.loader = loader
 
-    async def status(self, model: str) -> dict[str, Any]:
+    async def status(self, model: str) -> ModelStatus:
         spec = self.catalog.lookup(model)
         snapshot = await self.loader.snapshot(spec.id)
         worker = self.loader.worker(spec.id)
@@ -30,7 +28,7 @@ class ModelAdmin:
             self.catalog.unavailable.get(spec.id),
         )
 
-    async def all_status(self) -> dict[str, dict[str, Any]]:
+    async def all_status(self) -> dict[str, ModelStatus]:
         return {model: await self.status(model) for model in self.catalog.specs}
 
     def summary(self) -> dict[str, int]:
@@ -40,17 +38,17 @@ class ModelAdmin:
             counts[snapshot.state.value] += 1
         return counts
 
-    async def load(self, model: str) -> dict[str, Any]:
+    async def load(self, model: str) -> ModelStatus:
         spec = self.catalog.resolve(model)
         await self.loader.load(spec.id)
         return await self.status(spec.id)
 
-    async def unload(self, model: str) -> dict[str, Any]:
-        return unload_report(await self.loader.unload(self.catalog.lookup(model).id))
+    async def unload(self, model: str) -> UnloadResult:
+        return unload_result(await self.loader.unload(self.catalog.lookup(model).id))
 
     async def configure(
         self, model: str, *, idle_timeout: float | None, auto_unload: bool | None, pinned: bool | None
-    ) -> dict[str, Any]:
+    ) -> ModelStatus:
         model_id = self.catalog.lookup(model).id
         self.loader.configure(model_id, idle_timeout=idle_timeout, auto_unload=auto_unload, pinned=pinned)
         return await self.status(model_id)

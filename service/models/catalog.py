@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +183,14 @@ class Catalog:
             aliases[STEP_AUDIO_ALIAS] = chosen
         specs = [*discover_models(settings, unavailable), *step_audio, *extra]
         catalog = cls(specs, settings.default_model, aliases, unavailable)
-        for model in (*settings.preload, *settings.pinned):
-            catalog.get(model)
-        for model in settings.preload:
-            catalog.specs[model].policy.preload = True
-        for model in settings.pinned:
-            catalog.specs[model].policy.pinned = True
+        for model in dict.fromkeys((*settings.preload, *settings.pinned)):
+            spec = catalog.get(model)
+            policy = replace(
+                spec.policy,
+                preload=spec.policy.preload or model in settings.preload,
+                pinned=spec.policy.pinned or model in settings.pinned,
+            )
+            catalog.specs[model] = replace(spec, policy=policy)
         return catalog
 
     def lookup(self, name: str) -> ModelSpec:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from service.controllers.errors import ApiError
 from service.engines.base import EditStep
+from service.errors import InvalidRequest
 
 # words people write that mean one of the engines' edit values
 SYNONYMS: dict[str, tuple[str, str]] = {
@@ -39,8 +39,7 @@ def check_edit(
 ) -> str | None:
     """The edit_info to send for `mode`, after checking both against what the engine accepts."""
     if mode not in edit_options:
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             f"mode {mode!r} is not an edit this model makes; modes: {', '.join(edit_options)}",
             param="mode",
             code="invalid_value",
@@ -49,8 +48,7 @@ def check_edit(
     if not accepted:
         return None
     if edit_info not in accepted:
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             f"{param} {edit_info!r} is not one of this model's {mode} values: {', '.join(accepted)}",
             param=param,
             code="invalid_value",
@@ -64,7 +62,7 @@ def speed_edit(speed: float, edit_options: Mapping[str, tuple[str, ...]]) -> Edi
     if speed == 1.0:
         return None
     if "speed" not in edit_options:
-        raise ApiError(400, "this model cannot change speed", param="speed", code="unsupported_value")
+        raise InvalidRequest("this model cannot change speed", param="speed", code="unsupported_value")
     if speed >= 1.5:
         value = "more faster"
     elif speed > 1.0:
@@ -84,8 +82,7 @@ def _structured(text: str, edit_options: Mapping[str, tuple[str, ...]]) -> list[
         mode, _, value = part.replace(":", "=", 1).partition("=")
         mode, value = mode.strip().lower(), value.strip().lower()
         if mode == "paralinguistic":
-            raise ApiError(
-                400,
+            raise InvalidRequest(
                 "paralinguistic edits need a transcript with tags: use POST /v1/audio/edit",
                 param="instructions",
                 code="unsupported_value",
@@ -120,8 +117,7 @@ def edits_from_instructions(
         steps = _free_text(instructions, edit_options)
     if not steps:
         known = "; ".join(f"{mode}: {', '.join(values)}" for mode, values in edit_options.items() if values)
-        raise ApiError(
-            400,
+        raise InvalidRequest(
             "instructions name no emotion, style or speed this model can apply; use words such as "
             f"'happy', 'whisper', 'faster', or 'mode=value' pairs. Known values: {known}",
             param="instructions",

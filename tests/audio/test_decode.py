@@ -12,7 +12,8 @@ import pytest
 import soundfile
 
 from service.audio.decode import AudioDecoder
-from service.controllers.errors import ApiError
+from service.controllers.errors import ApiError, as_api_error
+from service.errors import ServiceError
 from tests.support.audio import RATE, tone
 
 # libsndfile's frame count for a file whose length it cannot tell (SF_COUNT_MAX)
@@ -45,9 +46,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
 
 
 def refusal(data: bytes, audio_decoder: AudioDecoder | None = None) -> ApiError:
-    with pytest.raises(ApiError) as error:
+    """The decoder's refusal of `data`, as the API answers it."""
+    with pytest.raises(ServiceError) as error:
         (audio_decoder or decoder()).decode(data, "audio")
-    return error.value
+    return as_api_error(error.value)
 
 
 def test_a_header_longer_than_the_limit_is_refused_before_anything_is_decoded(

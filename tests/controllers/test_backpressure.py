@@ -1,4 +1,5 @@
-"""Limits under load: the queue bound, the request timeout, the generation watchdog, and clients that leave."""
+"""Limits under load: the queue bound, the request timeout (in-process, in-memory workers), the generation watchdog
+and clients that leave (a real worker process, a real socket)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory, tone_model
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 
 def speech(text: str, **fields: object) -> dict[str, object]:
@@ -79,6 +80,8 @@ async def test_a_request_that_waits_past_the_timeout_gets_504_and_never_reaches_
         assert client.loader.snapshots_now()[-1].queued == 0
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_the_watchdog_kills_a_worker_busy_past_the_limit(make_client: ClientFactory, tmp_path: Path) -> None:
     model = tone_model("slow", chunks=100, chunk_seconds=0.1)
     async with make_client(Settings(generation_timeout=0.5, data_dir=tmp_path), (model,)) as client:
@@ -96,6 +99,8 @@ async def test_the_watchdog_kills_a_worker_busy_past_the_limit(make_client: Clie
         assert (await client.get("/api/v1/models/slow/status")).json()["loads_total"] == 2  # a fresh worker
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_a_client_that_leaves_while_queued_is_dropped_before_the_model(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -12,6 +12,9 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from service.app import create_app
+from service.controllers.errors import as_api_error
+from service.errors import InvalidRequest, NotFound, ServiceError, Timeout, TooLarge
+from service.library.voices import UnknownVoice, VoiceConflict, VoiceError, VoiceStorageFull
 from service.log_setup import configure_logging
 from service.settings import Settings
 from tests.conftest import tone_model
@@ -151,6 +154,27 @@ def test_a_nul_character_in_a_path_no_route_matches_is_a_404(client: TestClient[
 def test_a_static_file_name_too_long_for_the_file_system_is_not_found(client: TestClient[Litestar]) -> None:
     response = client.get("/static/" + "a" * 300)
     assert response.status_code == 404, response.text
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "headers"),
+    [
+        (InvalidRequest("bad", param="input", code="invalid_value"), 400, "invalid_value", {}),
+        (TooLarge("big", param="audio", code="audio_too_large"), 413, "audio_too_large", {}),
+        (NotFound("gone", param="session", code="session_not_found"), 404, "session_not_found", {}),
+        (Timeout("waited", code="timeout", retry_after=4.2), 504, "timeout", {"Retry-After": "5"}),
+        (VoiceError("bad name"), 400, "invalid_voice", {}),
+        (UnknownVoice("nobody", "voice"), 404, "unknown_voice", {}),
+        (VoiceConflict("twice"), 409, "voice_conflict", {}),
+        (VoiceStorageFull("full", None), 507, "insufficient_storage", {}),
+    ],
+)
+def test_each_kind_of_service_error_has_its_status(
+    error: ServiceError, status: int, code: str, headers: dict[str, str]
+) -> None:
+    answer = as_api_error(error)
+    assert (answer.status, answer.code, answer.param, answer.message) == (status, code, error.param, str(error))
+    assert answer.headers == headers
 
 
 @pytest.fixture

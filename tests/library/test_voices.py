@@ -18,8 +18,9 @@ from litestar import Litestar, Request, Response, get
 from litestar.params import FromPath
 
 from service.audio.decode import AudioDecoder
-from service.controllers.errors import ApiError
+from service.controllers.errors import as_api_error
 from service.engines.base import AudioClip
+from service.errors import ServiceError
 from service.library.voices import (
     MAX_TRANSCRIPT_CHARS,
     UnknownVoice,
@@ -95,15 +96,15 @@ def test_add_refuses_bad_input_before_writing_anything(tmp_path: Path) -> None:
     for name in ["../x", "a/b", "", ".hidden", "x" * 65, "name with space"]:
         with pytest.raises(VoiceError) as refused:
             library.add(name, clip(), "Hello.")
-        assert (refused.value.status, refused.value.param) == (400, "name"), name
+        assert (as_api_error(refused.value).status, refused.value.param) == (400, "name"), name
         assert "not allowed" in str(refused.value)
     for transcript in ["", "   \n"]:
         with pytest.raises(VoiceError) as blank:
             library.add("fine", clip(), transcript)
-        assert (blank.value.status, blank.value.param) == (400, "transcript")
+        assert (as_api_error(blank.value).status, blank.value.param) == (400, "transcript")
     with pytest.raises(VoiceError) as long:
         library.add("fine", clip(), "x" * (MAX_TRANSCRIPT_CHARS + 1))
-    assert (long.value.status, long.value.param) == (400, "transcript")
+    assert (as_api_error(long.value).status, long.value.param) == (400, "transcript")
     assert tree(tmp_path) == []
 
 
@@ -117,7 +118,7 @@ def test_duplicate_names_conflict_and_leave_the_first_intact(tmp_path: Path) -> 
     first = library.add("carol", clip(1.0), "One.")
     with pytest.raises(VoiceConflict) as conflict:
         library.add("carol", clip(2.0), "Two.")
-    assert conflict.value.status == 409
+    assert as_api_error(conflict.value).status == 409
     assert tree(tmp_path / "voices") == ["carol", "carol/voice.json", "carol/voice.wav"]
     assert library.get("carol") == first
 
@@ -183,7 +184,8 @@ def test_a_full_disk_refuses_the_voice_and_leaves_the_library_as_it_was(tmp_path
         before = tree(data_dir)
         with pytest.raises(VoiceStorageFull) as full:
             library.add("large", clip(5.0), "This one does not fit.")
-        assert (full.value.status, full.value.code, full.value.param) == (507, "insufficient_storage", None)
+        answer = as_api_error(full.value)
+        assert (answer.status, answer.code, answer.param) == (507, "insufficient_storage", None)
         assert str(full.value) == "the voice library's disk is full (No space left on device); 'large' was not stored"
         assert tree(data_dir) == before == ["voices", "voices/kept", "voices/kept/voice.json", "voices/kept/voice.wav"]
         assert library.all() == [kept]
@@ -204,11 +206,11 @@ def test_get_of_an_invalid_name_is_a_400_and_of_a_missing_one_a_404(tmp_path: Pa
     for name in ["../frank", ".hidden", "a/b", ""]:
         with pytest.raises(VoiceError) as invalid:
             library.get(name)
-        assert invalid.value.status == 400, name
+        assert as_api_error(invalid.value).status == 400, name
         assert not isinstance(invalid.value, UnknownVoice), name
     with pytest.raises(UnknownVoice) as missing:
         library.get("nobody")
-    assert missing.value.status == 404
+    assert as_api_error(missing.value).status == 404
     assert "frank" in str(missing.value)
 
 
@@ -355,9 +357,10 @@ def test_decode_downmixes_and_resamples_to_the_engine_rate() -> None:
     ],
 )
 def test_decode_refuses_what_it_cannot_use(data: bytes, limits: dict[str, Any], status: int, code: str) -> None:
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         decoder(**limits).decode(data, "audio")
-    assert (error.value.status, error.value.code, error.value.param) == (status, code, "audio")
+    answer = as_api_error(error.value)
+    assert (answer.status, answer.code, answer.param) == (status, code, "audio")
 
 
 def test_decode_base64_accepts_plain_and_data_url_forms() -> None:
@@ -370,9 +373,10 @@ def test_decode_base64_accepts_plain_and_data_url_forms() -> None:
 
 @pytest.mark.parametrize("text", ["not base64!!", "data:audio/wav;base64,@@@@", "abc"])
 def test_decode_base64_refuses_invalid_base64(text: str) -> None:
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         decoder().decode_base64(text, "reference_audio")
-    assert (error.value.status, error.value.code, error.value.param) == (400, "invalid_base64", "reference_audio")
+    answer = as_api_error(error.value)
+    assert (answer.status, answer.code, answer.param) == (400, "invalid_base64", "reference_audio")
 
 
 @pytest.mark.anyio
@@ -386,9 +390,10 @@ def test_decode_base64_refuses_invalid_base64(text: str) -> None:
     ],
 )
 async def test_fetch_refuses_urls_outside_the_allowed_prefixes(prefixes: tuple[str, ...], url: str) -> None:
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(ServiceError) as error:
         await decoder(url_prefixes=prefixes).fetch(url, "reference_audio")
-    assert (error.value.status, error.value.code, error.value.param) == (400, "url_not_allowed", "reference_audio")
+    answer = as_api_error(error.value)
+    assert (answer.status, answer.code, answer.param) == (400, "url_not_allowed", "reference_audio")
 
 
 @get("/{path:path}", sync_to_thread=False)
@@ -406,17 +411,18 @@ def audio_site() -> Litestar:
     return app
 
 
-async def attempt(fetcher: AudioDecoder, url: str) -> AudioClip | ApiError:
+async def attempt(fetcher: AudioDecoder, url: str) -> AudioClip | ServiceError:
     """The fetched clip or the refusal, so that assertions run after the loopback server has stopped."""
     try:
         return await fetcher.fetch(url, "reference_audio")
-    except ApiError as error:
+    except ServiceError as error:
         return error
 
 
-def refusal(outcome: AudioClip | ApiError) -> tuple[int, str | None]:
-    assert isinstance(outcome, ApiError), f"expected a refusal, got {outcome.seconds:.2f} s of audio"
-    return outcome.status, outcome.code
+def refusal(outcome: AudioClip | ServiceError) -> tuple[int, str | None]:
+    assert isinstance(outcome, ServiceError), f"expected a refusal, got {outcome.seconds:.2f} s of audio"
+    answer = as_api_error(outcome)
+    return answer.status, answer.code
 
 
 @pytest.mark.anyio

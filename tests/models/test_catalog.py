@@ -117,14 +117,10 @@ def test_models_dir_voices_become_models(models_dir: Path) -> None:
     assert "piper-orphan" not in catalog.specs
 
 
-def test_discovered_voices_get_their_own_policy(models_dir: Path) -> None:
-    specs = discover_models(Settings(models_dir=models_dir, idle_timeout=5.0))
+def test_discovered_voices_take_the_settings_policy(models_dir: Path) -> None:
+    specs = discover_models(Settings(models_dir=models_dir, idle_timeout=5.0, auto_unload=False))
 
-    specs[0].policy.pinned = True
-
-    assert all(spec.policy.idle_timeout == 5.0 for spec in specs)
-    assert [spec.policy.pinned for spec in specs] == [True, False, False]
-    assert len({id(spec.policy) for spec in specs}) == 3
+    assert [spec.policy for spec in specs] == [ModelPolicy(idle_timeout=5.0, auto_unload=False)] * 3
 
 
 def test_missing_models_dir_adds_nothing(tmp_path: Path) -> None:

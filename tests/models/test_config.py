@@ -77,15 +77,6 @@ def test_defaults_come_from_settings(tmp_path: Path) -> None:
     assert spec.policy == ModelPolicy(idle_timeout=-1.0, auto_unload=False)
 
 
-def test_policies_are_not_shared_between_entries(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD_ENTRY + GOOD_ENTRY.replace('"good"', '"other"'))
-
-    first, second = load_model_config(path, Settings())
-    first.policy.pinned = True
-
-    assert second.policy.pinned is False
-
-
 @pytest.mark.parametrize("text", ["", "# nothing configured\n", "models = []\n"])
 def test_file_without_models(tmp_path: Path, text: str) -> None:
     assert load_model_config(write(tmp_path, text), Settings()) == []

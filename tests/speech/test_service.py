@@ -1,4 +1,4 @@
-"""Speech requests before any model work: keep_alive parsing and SpeechService.plan's validation."""
+"""Speech requests before any model work: keep_alive parsing and SpeechPlanner.plan's validation."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from anyio.abc import TaskGroup
 
 from service.audio.decode import AudioDecoder
 from service.audio.encode import AudioFormat
-from service.controllers.errors import ApiError
+from service.controllers.errors import as_api_error
 from service.engines.base import SynthesisRequest
+from service.errors import InvalidRequest
 from service.lazy_loader import LazyLoader, ModelPolicy, UnknownModel
 from service.library.voices import VoiceLibrary
 from service.lifecycle.worker_client import SpeechWorker
 from service.metrics import Metrics
 from service.models.catalog import Catalog, ModelSpec
 from service.settings import Settings
-from service.speech.service import SpeechPlan, SpeechRequest, SpeechService, parse_keep_alive
+from service.speech.planner import SpeechPlan, parse_keep_alive
+from service.speech.schema import SpeechRequest
+from service.speech.service import SpeechService
 from tests.support.engines import TONE_ENGINE
 
 pytestmark = pytest.mark.anyio
@@ -65,11 +68,11 @@ def test_parse_keep_alive(value: str | float | None, expected: float | None) -> 
     ["", " ", "soon", "10x", "m", "10 m", "1h 30m", "ten minutes", "10m!", "1.2.3", "-", "h1", "5-"],
 )
 def test_parse_keep_alive_rejects_bad_strings(value: str) -> None:
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(InvalidRequest) as raised:
         parse_keep_alive(value)
 
     error = raised.value
-    assert error.status == 400
+    assert as_api_error(error).status == 400
     assert error.param == "keep_alive"
     assert error.code == "invalid_value"
 
@@ -77,7 +80,7 @@ def test_parse_keep_alive_rejects_bad_strings(value: str) -> None:
 @pytest.mark.parametrize("value", ["--5", "+-5"])
 def test_parse_keep_alive_rejects_repeated_signs(value: str) -> None:
     """'+-5' would otherwise mean +5 seconds and '--5' minus five."""
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(InvalidRequest) as raised:
         parse_keep_alive(value)
 
     assert raised.value.param == "keep_alive"
@@ -85,20 +88,20 @@ def test_parse_keep_alive_rejects_repeated_signs(value: str) -> None:
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_parse_keep_alive_rejects_non_finite_numbers(value: float) -> None:
-    with pytest.raises(ApiError, match="finite") as raised:
+    with pytest.raises(InvalidRequest, match="finite") as raised:
         parse_keep_alive(value)
 
-    assert raised.value.status == 400
+    assert as_api_error(raised.value).status == 400
     assert raised.value.param == "keep_alive"
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e999"])
 def test_parse_keep_alive_rejects_non_finite_strings(value: str) -> None:
     """A string must not get round the check numbers get (NaN would silently keep the model loaded forever)."""
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(InvalidRequest) as raised:
         parse_keep_alive(value)
 
-    assert raised.value.status == 400
+    assert as_api_error(raised.value).status == 400
     assert raised.value.param == "keep_alive"
 
 
@@ -126,7 +129,7 @@ def synthesis(plan: SpeechPlan) -> SynthesisRequest:
 
 
 async def test_plan_defaults() -> None:
-    plan = await service().plan(SpeechRequest(model="tts-1", input="Hello."))
+    plan = await service().planner.plan(SpeechRequest(model="tts-1", input="Hello."))
 
     assert plan.spec.id == "piper-joe"
     assert synthesis(plan).text == "Hello."
@@ -142,7 +145,7 @@ async def test_plan_with_every_field() -> None:
         model="tone", input="Hi", voice="high", response_format="opus", speed=1.5, sample_rate=44100, keep_alive="2m"
     )
 
-    plan = await service().plan(request)
+    plan = await service().planner.plan(request)
 
     assert plan.spec.id == "tone"
     assert synthesis(plan).voice == "high"
@@ -154,13 +157,13 @@ async def test_plan_with_every_field() -> None:
 
 @pytest.mark.parametrize(("model", "voice"), [("tone", "low"), ("piper-joe", "joe")])
 async def test_openai_voice_names_mean_the_default_voice(model: str, voice: str) -> None:
-    plan = await service().plan(SpeechRequest(model=model, input="Hi", voice="alloy"))
+    plan = await service().planner.plan(SpeechRequest(model=model, input="Hi", voice="alloy"))
 
     assert synthesis(plan).voice == voice
 
 
 async def test_pcm_defaults_to_24khz() -> None:
-    plan = await service().plan(SpeechRequest(model="tone", input="Hi", response_format="pcm"))
+    plan = await service().planner.plan(SpeechRequest(model="tone", input="Hi", response_format="pcm"))
     assert plan.output_rate == 24000
 
 
@@ -176,17 +179,18 @@ async def test_pcm_defaults_to_24khz() -> None:
     ],
 )
 async def test_plan_rejects(request_: SpeechRequest, param: str, code: str) -> None:
-    with pytest.raises(ApiError) as raised:
-        await service().plan(request_)
+    with pytest.raises(InvalidRequest) as raised:
+        await service().planner.plan(request_)
 
-    assert raised.value.status == 400
+    assert as_api_error(raised.value).status == 400
     assert (raised.value.param, raised.value.code) == (param, code)
 
 
 async def test_plan_accepts_input_at_the_limit() -> None:
-    assert synthesis(await service(max_input_chars=5).plan(SpeechRequest(model="tone", input="x" * 5))).text == "xxxxx"
+    plan = await service(max_input_chars=5).planner.plan(SpeechRequest(model="tone", input="x" * 5))
+    assert synthesis(plan).text == "xxxxx"
 
 
 async def test_plan_unknown_model() -> None:
     with pytest.raises(UnknownModel):
-        await service().plan(SpeechRequest(model="nope", input="Hi"))
+        await service().planner.plan(SpeechRequest(model="nope", input="Hi"))

@@ -4,24 +4,33 @@ behaviour tested in-process (Litestar's test client), without a worker process p
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncGenerator, Callable, Iterator
+import json
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 
 import anyio
 from anyio.abc import TaskGroup
+from litestar import Litestar
 
+from service.app import create_app
 from service.engines import resolve_engine
-from service.engines.base import AudioChunk, EditRequest, Engine, GpuMemory, SynthesisRequest
+from service.engines.base import AudioChunk, EditRequest, Engine, EngineInputError, GpuMemory, SynthesisRequest
 from service.lazy_loader import WorkerLauncher
 from service.lifecycle.memory import MemoryUsage
-from service.lifecycle.worker_client import SpeechWorker
+from service.lifecycle.worker_client import EngineRequestError, SpeechWorker
 from service.models.catalog import ModelSpec
+from service.settings import Settings
 
 # ids far above any real pid, so a test can tell them from processes
 _PIDS = itertools.count(10_000_000)
+# engines whose loaded object keeps nothing of one request for the next, loaded once per test process and shared:
+# a Piper voice's load (its ONNX session) is most of an in-process test's CPU
+SHARED_LOADS = frozenset({"piper"})
+_loaded: dict[str, Engine] = {}
 
 
 class InMemoryWorker:
-    """The SpeechWorker protocol over an engine object: its load and each of its chunks run in a thread."""
+    """The SpeechWorker protocol over an engine object: its load and each of its chunks run in a thread; what the
+    engine raises reaches the server as a worker process's error frame would (EngineRequestError)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self._spec = spec
@@ -32,9 +41,16 @@ class InMemoryWorker:
         self.exit_reason: str | None = None
 
     async def ready(self) -> None:
+        shared = self._spec.engine in SHARED_LOADS
+        key = json.dumps([self._spec.engine, self._spec.options], sort_keys=True, default=str)
+        if shared and key in _loaded:
+            self._engine = _loaded[key]
+            return
         engine = resolve_engine(self._spec.engine)(self._spec.options)
         await anyio.to_thread.run_sync(engine.load)
         self._engine = engine
+        if shared:
+            _loaded[key] = engine
 
     async def wait(self) -> int:
         await self._ended.wait()
@@ -67,6 +83,10 @@ async def _chunks(
     try:
         while (chunk := await anyio.to_thread.run_sync(next, produced, None)) is not None:
             yield chunk
+    except EngineInputError as error:  # as service/worker/__main__.py reports them
+        raise EngineRequestError("input", str(error), error.param) from error
+    except Exception as error:
+        raise EngineRequestError("engine", f"{type(error).__name__}: {error}", None) from error
     finally:
         if on_finished is not None:
             on_finished()
@@ -81,3 +101,14 @@ def in_memory_launcher(*specs: ModelSpec) -> WorkerLauncher[SpeechWorker]:
         return InMemoryWorker(by_id[model])
 
     return launch
+
+
+def app_with_in_memory_workers(settings: Settings, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
+    """`create_app` whose every model (the embedded Piper voice, discovered and configured ones) runs in-memory."""
+    apps: list[Litestar] = []
+
+    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
+        return InMemoryWorker(apps[0].state.catalog.get(model))
+
+    apps.append(create_app(settings, extra_models, launcher=launch))
+    return apps[0]

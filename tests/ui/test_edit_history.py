@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.controllers.errors import ApiError
+from service.controllers.errors import as_api_error
+from service.errors import NotFound
 from service.library.edit_history import MAX_AGE_SECONDS, EditHistory, Step
 
 
@@ -49,25 +50,25 @@ def test_undo_deletes_the_later_steps_and_their_audio(history: EditHistory) -> N
     assert sorted(path.name for path in (history.root / session.id).glob("*.wav")) == ["0.wav", "1.wav"]
     session = history.append(session, step("speed", edit_info="faster"), b"new")
     assert history.audio_path(session, 2).read_bytes() == b"new"
-    with pytest.raises(ApiError) as missing:
+    with pytest.raises(NotFound) as missing:
         history.truncate(session, 7)
-    assert (missing.value.status, missing.value.param) == (404, "step")
+    assert (as_api_error(missing.value).status, missing.value.param) == (404, "step")
 
 
 def test_start_over_removes_the_session(history: EditHistory) -> None:
     session = history.create("sa", "uploaded clip", "Ref.", "Hi.", step("clone"), b"0")
     history.delete(session.id)
     assert not (history.root / session.id).exists()
-    with pytest.raises(ApiError) as gone:
+    with pytest.raises(NotFound) as gone:
         history.get(session.id)
-    assert (gone.value.status, gone.value.code) == (404, "session_not_found")
+    assert (as_api_error(gone.value).status, gone.value.code) == (404, "session_not_found")
 
 
 @pytest.mark.parametrize("session_id", ["../../etc", "short", "a" * 65, "x/../../yyyyyyyyyyyyyyyy", ""])
 def test_ids_that_are_not_session_ids_are_unknown(history: EditHistory, session_id: str) -> None:
-    with pytest.raises(ApiError) as unknown:
+    with pytest.raises(NotFound) as unknown:
         history.get(session_id)
-    assert unknown.value.status == 404
+    assert as_api_error(unknown.value).status == 404
 
 
 def test_sessions_untouched_for_a_week_are_pruned_when_a_new_one_starts(history: EditHistory) -> None:

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
-
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 
-from service.controllers.openapi import not_ready_response
+from service.controllers.openapi import HealthBody, not_ready_response
 from service.lazy_loader import LazyLoader
 from service.lifecycle.worker_client import SpeechWorker
 from service.models.admin import ModelAdmin
@@ -15,15 +13,15 @@ class HealthController(Controller):
     tags = ("health",)
 
     @get("/healthz", operation_id="healthz")
-    async def healthz(self, admin: NamedDependency[ModelAdmin]) -> dict[str, Any]:
+    async def healthz(self, admin: NamedDependency[ModelAdmin]) -> HealthBody:
         """Liveness: the server answers. Public, with a count of models per state."""
-        return {"status": "ok", "models": admin.summary()}
+        return HealthBody(status="ok", models=admin.summary())
 
     @get("/readyz", operation_id="readyz", responses=not_ready_response())
     async def readyz(
         self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[SpeechWorker]]
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[HealthBody]:
         """Readiness: 200 while the server takes requests, 503 once it is shutting down."""
         ready = not loader.closing
-        body = {"status": "ready" if ready else "shutting_down", "models": admin.summary()}
+        body = HealthBody(status="ready" if ready else "shutting_down", models=admin.summary())
         return Response(body, status_code=200 if ready else 503)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, get, patch, post
@@ -9,6 +9,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.controllers.openapi import error_responses
 from service.models.admin import ModelAdmin
+from service.models.views import ModelStatus, UnloadResult
 
 
 class ModelSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -24,7 +25,7 @@ class ModelsController(Controller):
     tags = ("models",)
 
     @get("/status", operation_id="modelsStatus", responses=error_responses())
-    async def status(self, admin: NamedDependency[ModelAdmin]) -> dict[str, dict[str, Any]]:
+    async def status(self, admin: NamedDependency[ModelAdmin]) -> dict[str, ModelStatus]:
         """Every model's state, memory, requests and idle countdown, keyed by model id."""
         return await admin.all_status()
 
@@ -35,7 +36,7 @@ class ModelsController(Controller):
         return admin.catalog.unavailable
 
     @get("/{model_id:str}/status", operation_id="modelStatus", responses=error_responses(400, 404))
-    async def model_status(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
+    async def model_status(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> ModelStatus:
         """One model's status."""
         return await admin.status(model_id)
 
@@ -45,21 +46,21 @@ class ModelsController(Controller):
         status_code=200,
         responses=error_responses(400, 403, 404, 429, 503),
     )
-    async def load(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
+    async def load(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> ModelStatus:
         """Load the model now (no-op if loaded); answers with its status once it is loaded."""
         return await admin.load(model_id)
 
     @post(
         "/{model_id:str}/unload", operation_id="unloadModel", status_code=200, responses=error_responses(400, 403, 404)
     )
-    async def unload(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> dict[str, Any]:
+    async def unload(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> UnloadResult:
         """Let requests in flight finish, end the worker, and report the memory freed."""
         return await admin.unload(model_id)
 
     @patch("/{model_id:str}", operation_id="configureModel", responses=error_responses(400, 403, 404, 413))
     async def configure(
         self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str], data: JSONBody[ModelSettings]
-    ) -> dict[str, Any]:
+    ) -> ModelStatus:
         """Change the model's idle timeout, auto-unload or pin at run time."""
         return await admin.configure(
             model_id, idle_timeout=data.idle_timeout, auto_unload=data.auto_unload, pinned=data.pinned

@@ -16,9 +16,13 @@ from litestar.response import Stream
 
 from service.controllers.errors import ApiError
 from service.controllers.openapi import AudioOperation, SpeechOperation, error_responses
+from service.controllers.schemas import ModelCard, ModelList
+from service.controllers.speech_response import speech_response
 from service.engines.base import EditRequest
 from service.models.catalog import Catalog
-from service.speech.service import SpeechPlan, SpeechRequest, SpeechResult, SpeechService
+from service.speech.planner import SpeechPlan
+from service.speech.schema import SpeechRequest
+from service.speech.service import SpeechOutcome, SpeechService
 
 log = structlog.get_logger("service.controllers.api.openai")
 
@@ -126,14 +130,14 @@ async def _cancel_when_client_leaves(request: Request[Any, Any, Any], scope: any
 async def _respond(
     request: Request[Any, Any, Any], speech: SpeechService, plan: SpeechPlan, stream_format: str | None
 ) -> Response[bytes] | Stream:
-    result: SpeechResult | Exception | None = None
+    result: SpeechOutcome | Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(_cancel_when_client_leaves, request, group.cancel_scope)
         try:
             if stream_format is None:
                 result = await speech.speak(plan)
             else:
-                result = await speech.stream(plan, sse=stream_format == "sse")
+                result = await speech.stream(plan)
         except Exception as error:  # raised after the group, so it is not wrapped in an exception group
             result = error
         group.cancel_scope.cancel()
@@ -141,9 +145,7 @@ async def _respond(
         raise result
     if result is None:
         return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
-    if isinstance(result.audio, bytes):
-        return Response(result.audio, media_type=result.media_type, headers=result.headers)
-    return Stream(result.audio, media_type=result.media_type, headers=result.headers)
+    return speech_response(result, sse=stream_format == "sse")
 
 
 class OpenAIController(Controller):
@@ -151,16 +153,11 @@ class OpenAIController(Controller):
     tags = ("openai",)
 
     @get("/models", operation_id="listModels", responses=error_responses())
-    async def list_models(self, catalog: NamedDependency[Catalog]) -> dict[str, Any]:
+    async def list_models(self, catalog: NamedDependency[Catalog]) -> ModelList:
         """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
-        entries = [
-            {"id": spec.id, "object": "model", "created": 0, "owned_by": spec.owned_by} for spec in catalog.servable()
-        ]
-        aliases = [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "alias:" + target}
-            for alias, target in catalog.aliases.items()
-        ]
-        return {"object": "list", "data": entries + aliases}
+        entries = [ModelCard(spec.id, "model", 0, spec.owned_by) for spec in catalog.servable()]
+        aliases = [ModelCard(alias, "model", 0, "alias:" + target) for alias, target in catalog.aliases.items()]
+        return ModelList("list", entries + aliases)
 
     @post(
         "/audio/speech",
@@ -178,7 +175,7 @@ class OpenAIController(Controller):
         """Generate audio from text (OpenAI-compatible). Loads the model first if needed; the X-Cold-Start and
         X-Model-Load-Seconds headers say whether it had to. Cloning models take a library voice, and turn
         `instructions` and `speed` into emotion, style and speed edits."""
-        return await _respond(request, speech, await speech.plan(data), data.stream_format)
+        return await _respond(request, speech, await speech.planner.plan(data), data.stream_format)
 
     @post(
         "/audio/speech/upload",
@@ -212,7 +209,9 @@ class OpenAIController(Controller):
             )
             if upload is not None
         }
-        return await _respond(request, speech, await speech.plan(speech_request, uploads), speech_request.stream_format)
+        return await _respond(
+            request, speech, await speech.planner.plan(speech_request, uploads), speech_request.stream_format
+        )
 
     @post(
         "/audio/edit",
@@ -237,5 +236,5 @@ class OpenAIController(Controller):
         """
         audio = await speech.decoder.read(await data.audio.read(), "audio")
         edit = EditRequest(audio, data.transcript, data.mode, data.edit_info, data.text, data.n_edit_iter)
-        plan = await speech.plan_edit(data.model, edit, data.response_format, data.keep_alive)
+        plan = await speech.planner.plan_edit(data.model, edit, data.response_format, data.keep_alive)
         return await _respond(request, speech, plan, None)

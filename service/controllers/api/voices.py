@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from litestar import Controller, Response, delete, get, post
@@ -10,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, MultipartBody
 
 from service.controllers.openapi import error_responses
+from service.controllers.schemas import VoiceBody, VoiceDeleted, VoiceList
 from service.library.voices import VoiceLibrary, wav_bytes
 from service.speech.service import SpeechService
 
@@ -31,10 +31,10 @@ class VoicesController(Controller):
     tags = ("voices",)
 
     @get("/", operation_id="listVoices", responses=error_responses())
-    async def list_voices(self, voices: NamedDependency[VoiceLibrary]) -> dict[str, Any]:
+    async def list_voices(self, voices: NamedDependency[VoiceLibrary]) -> VoiceList:
         """The voice library: presets from the configuration and uploaded voices."""
         listed = await anyio.to_thread.run_sync(voices.all)
-        return {"object": "list", "data": [voice.public() for voice in listed]}
+        return VoiceList(object="list", data=[VoiceBody.of(voice) for voice in listed])
 
     @post("/", operation_id="addVoice", status_code=201, responses=error_responses(400, 403, 409, 413, 507))
     async def add_voice(
@@ -42,19 +42,19 @@ class VoicesController(Controller):
         voices: NamedDependency[VoiceLibrary],
         speech: NamedDependency[SpeechService],
         data: MultipartBody[VoiceUpload],
-    ) -> dict[str, Any]:
+    ) -> VoiceBody:
         """Store a voice for cloning: `name` (letters, digits, - and _), `transcript`, `audio` (wav, flac, ogg,
         mp3), optional `locale`, `gender`, `description`."""
         clip = await speech.decoder.read(await data.audio.read(), "audio")
         voice = await anyio.to_thread.run_sync(
             lambda: voices.add(data.name, clip, data.transcript, data.locale, data.gender, data.description)
         )
-        return voice.public()
+        return VoiceBody.of(voice)
 
     @get("/{name:str}", operation_id="getVoice", responses=error_responses(400, 404))
-    async def get_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
+    async def get_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> VoiceBody:
         """One voice."""
-        return (await anyio.to_thread.run_sync(voices.get, name)).public()
+        return VoiceBody.of(await anyio.to_thread.run_sync(voices.get, name))
 
     @get("/{name:str}/audio", operation_id="getVoiceAudio", media_type="audio/wav", responses=error_responses(400, 404))
     async def voice_audio(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> Response[bytes]:
@@ -63,7 +63,7 @@ class VoicesController(Controller):
         return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
 
     @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 403, 404, 409))
-    async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> dict[str, Any]:
+    async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> VoiceDeleted:
         """Delete an uploaded voice (presets are read-only)."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)
-        return {"deleted": True, "name": voice.name}
+        return VoiceDeleted(deleted=True, name=voice.name)

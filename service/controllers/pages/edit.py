@@ -1,7 +1,7 @@
 """The Clone & edit page: clone a voice from a reference clip (uploaded, recorded in the browser, or from the voice
-library), then edit the result step by step. Every step runs through SpeechService (plan / plan_edit / speak), the
-same path as POST /v1/audio/speech and /v1/audio/edit; the history (audio and what made each step) is kept on the
-server under <data dir>/ui/ by EditHistory, so any step can be played, downloaded or undone to."""
+library), then edit the result step by step. Every step runs through SpeechService (its planner's plan or plan_edit,
+then speak), the same path as POST /v1/audio/speech and /v1/audio/edit; the history (audio and what made each step)
+is kept on the server under <data dir>/ui/ by EditHistory, so any step can be played, downloaded or undone to."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from litestar.response import Redirect, Template
 from service.controllers.errors import ApiError
 from service.controllers.pages.rendering import render
 from service.engines.base import MAX_EDIT_ITERATIONS, AudioClip, EditRequest
+from service.errors import NotFound
 from service.library.edit_history import EditHistory, Session, Step
 from service.library.voices import VoiceError, VoiceLibrary, read_clip
 from service.models.catalog import Catalog, ModelSpec
 from service.settings import Settings
-from service.speech.service import SpeechRequest, SpeechResult, SpeechService, StepAudioExtension
+from service.speech.schema import SpeechRequest, StepAudioExtension
+from service.speech.service import SpeechOutcome, SpeechService
 
 MODE_LABELS = {
     "emotion": "Emotion",
@@ -76,16 +78,15 @@ def _wav(clip: AudioClip) -> bytes:
     return output.getvalue()
 
 
-def _step(kind: str, transcript: str, result: SpeechResult, started: float, **fields: Any) -> Step:
-    headers = result.headers
+def _step(kind: str, transcript: str, outcome: SpeechOutcome, started: float, **fields: Any) -> Step:
     return Step(
         index=0,
         kind=kind,
         transcript=transcript,
-        seconds=float(headers.get("X-Audio-Seconds", "0")),
+        seconds=round(outcome.audio_seconds or 0.0, 3),
         took=round(time.perf_counter() - started, 3),
-        cold=headers.get("X-Cold-Start") == "true",
-        load_seconds=float(headers.get("X-Model-Load-Seconds", "0")),
+        cold=outcome.cold,
+        load_seconds=round(outcome.load_seconds, 3),
         **fields,
     )
 
@@ -188,9 +189,9 @@ class EditPagesController(Controller):
             request_body = SpeechRequest(model=spec.id, input=target, response_format="wav", step_audio=extension)
             uploads = {"prompt_audio_file": audio}
         if target:
-            result = await speech.speak(await speech.plan(request_body, uploads))
-            assert isinstance(result.audio, bytes)
-            first, wav = _step("clone", target, result, started), result.audio
+            outcome = await speech.speak(await speech.planner.plan(request_body, uploads))
+            assert isinstance(outcome.audio, bytes)
+            first, wav = _step("clone", target, outcome, started), outcome.audio
         else:
             conformed = speech.decoder.conform(clip)
             first = Step(index=0, kind="reference", transcript=reference_text, seconds=conformed.seconds)
@@ -215,7 +216,7 @@ class EditPagesController(Controller):
         """A history: every step with its audio, and the form for the next edit."""
         try:
             session = await anyio.to_thread.run_sync(history.get, session_id)
-        except ApiError as error:
+        except NotFound as error:
             context = await self._start_context(catalog, voices, settings) | {"notice": error.message}
             return render(request, "edit.html", "partials/edit_start.html", context, active="edit", status_code=404)
         return self._workspace(request, catalog, session, partial_for=("edit-area",))
@@ -239,20 +240,20 @@ class EditPagesController(Controller):
             clip = speech.decoder.conform(await anyio.to_thread.run_sync(read_clip, path))
             text = data.text if data.mode == "paralinguistic" else None
             edit = EditRequest(clip, current.transcript, data.mode, data.edit_info or None, text, data.n_edit_iter)
-            plan = await speech.plan_edit(session.model, edit, "wav", None)
-            result = await speech.speak(plan)
-            assert isinstance(result.audio, bytes)
+            plan = await speech.planner.plan_edit(session.model, edit, "wav", None)
+            outcome = await speech.speak(plan)
+            assert isinstance(outcome.audio, bytes)
             transcript = (text or "").strip() or current.transcript
             step = _step(
                 data.mode,
                 transcript,
-                result,
+                outcome,
                 started,
                 edit_info=plan.request.edit_info if isinstance(plan.request, EditRequest) else None,
                 text=text,
                 iterations=data.n_edit_iter,
             )
-            audio = result.audio
+            audio = outcome.audio
             session = await anyio.to_thread.run_sync(lambda: history.append(session, step, audio))
         return self._workspace(request, catalog, session)
 

@@ -13,9 +13,10 @@ from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
 from service.controllers.pages.rendering import Format, aliases_of, fragment, model_choices, render
-from service.lazy_loader import EventRecord, LazyLoader
+from service.lazy_loader import EventRecord, LazyLoader, SlotState
 from service.lifecycle.worker_client import SpeechWorker
 from service.models.admin import ModelAdmin
+from service.models.views import ModelStatus
 
 EVENTS_SHOWN = 25
 EVENT_DETAILS = {
@@ -35,10 +36,14 @@ def load_started_at(loader: LazyLoader[SpeechWorker], model: str) -> float | Non
     return next((snapshot.load_started_at for snapshot in loader.snapshots_now() if snapshot.model == model), None)
 
 
-def load_progress(status: dict[str, Any], started: float | None) -> dict[str, Any]:
-    """How far a load has come: seconds since it began, against the last load's duration (None: no estimate)."""
+def load_progress(status: ModelStatus, loader: LazyLoader[SpeechWorker], model: str) -> dict[str, Any] | None:
+    """How far the model's load has come: seconds since it began, against the last load's duration (None: no
+    estimate); None unless it is loading."""
+    if status.state is not SlotState.LOADING:
+        return None
+    started = load_started_at(loader, model)
     elapsed = None if started is None else max(0.0, time.time() - started)
-    expected = status.get("last_load_seconds")
+    expected = status.last_load_seconds
     fraction = None if elapsed is None or not expected else min(0.99, elapsed / expected)
     return {"elapsed": elapsed, "expected": expected, "fraction": fraction}
 
@@ -71,14 +76,13 @@ async def live_context(admin: ModelAdmin) -> dict[str, Any]:
     rows = []
     for spec in model_choices(catalog):
         status = statuses[spec.id]
-        progress = load_progress(status, load_started_at(loader, spec.id)) if status["state"] == "loading" else None
         rows.append(
             {
                 "id": spec.id,
                 "spec": spec,
                 "status": status,
                 "aliases": aliases_of(catalog, spec.id),
-                "progress": progress,
+                "progress": load_progress(status, loader, spec.id),
             }
         )
     events = [describe_event(event) for event in list(loader.events)[-EVENTS_SHOWN:]][::-1]
@@ -117,8 +121,8 @@ class ModelPagesController(Controller):
     ) -> Template:
         """Load the model (answers once it is loaded; the page shows progress meanwhile)."""
         status = await admin.load(model_id)
-        seconds = Format.seconds(status["last_load_seconds"], 2)
-        message = f"{model_id} is loaded (took {seconds}, {Format.bytes(status['rss_bytes'])} resident)."
+        seconds = Format.seconds(status.last_load_seconds, 2)
+        message = f"{model_id} is loaded (took {seconds}, {Format.bytes(status.rss_bytes)} resident)."
         return await self._after(admin, message)
 
     @post("/{model_id:str}/unload", operation_id="modelsPageUnload", status_code=200)
@@ -129,11 +133,9 @@ class ModelPagesController(Controller):
     ) -> Template:
         """Unload the model (requests in flight finish first) and say what was freed."""
         report = await admin.unload(model_id)
-        if report["unloaded"]:
-            freed = Format.bytes(report["memory_freed"]["rss_bytes"])
-            message = (
-                f"{model_id} is unloaded: worker {report['pid']} ended, {freed} freed in {report['seconds']:.2f} s."
-            )
+        if report.unloaded:
+            freed = Format.bytes(report.memory_freed.rss_bytes)
+            message = f"{model_id} is unloaded: worker {report.pid} ended, {freed} freed in {report.seconds:.2f} s."
         else:
             message = f"{model_id} was not loaded; nothing to unload."
         return await self._after(admin, message)
@@ -168,5 +170,5 @@ class ModelPagesController(Controller):
         or the generation. The pages poll it while a request is pending."""
         model = admin.catalog.lookup(model_id).id
         status = await admin.status(model)
-        progress = load_progress(status, load_started_at(admin.loader, model)) if status["state"] == "loading" else None
+        progress = load_progress(status, admin.loader, model)
         return fragment("partials/progress.html", {"model": model, "status": status, "progress": progress})

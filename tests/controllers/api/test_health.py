@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import AppClient
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 
 async def test_healthz_is_ok_and_summarises_model_states(client: AppClient) -> None:

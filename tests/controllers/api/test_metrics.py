@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import AppClient
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 
 def sample(text: str, name: str, labels: str) -> float:

@@ -1,4 +1,5 @@
-"""The models API: status fields, manual load and unload with their reports, run-time settings."""
+"""The models API: status fields, manual load and unload with their reports, run-time settings. In-process with
+in-memory workers, but where the point is a worker process (its pid, memory, a kill, a stopped load)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.lifecycle.memory import process_exists
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory, tone_model
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 SEED_FIELDS = {
     "loaded",
@@ -56,6 +57,8 @@ async def test_status_has_the_seed_fields_and_ours_for_every_model(client: AppCl
     assert entry["idle_timeout"] == 300
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_load_then_unload_reports_what_it_did(client: AppClient) -> None:
     loaded = (await client.post("/api/v1/models/piper-joe/load")).json()
     assert (loaded["state"], loaded["loaded"], loaded["loads_total"]) == ("loaded", True, 1)
@@ -127,6 +130,8 @@ async def test_settings_change_at_run_time(client: AppClient) -> None:
     assert bad.json()["error"]["param"] == "pinned"
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_a_worker_killed_mid_request_gives_a_clear_503_and_the_model_recovers(
     make_client: ClientFactory,
 ) -> None:
@@ -185,6 +190,8 @@ async def _start_a_load_that_hangs(client: AppClient, group: TaskGroup, answers:
     return pid
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_a_load_that_hangs_shows_its_pid_then_fails_on_the_load_timeout_leaving_no_process(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -203,6 +210,8 @@ async def test_a_load_that_hangs_shows_its_pid_then_fails_on_the_load_timeout_le
         assert (await client.post("/api/v1/models/other/load")).status_code == 200
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_unloading_a_model_while_it_loads_answers_at_once_and_ends_its_stopped_worker(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

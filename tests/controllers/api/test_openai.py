@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes, in-process, with the real Piper voice and test engines in real workers."""
+"""The OpenAI-compatible routes, in-process, with the real Piper voice and test engines in in-memory workers (two
+tests in real worker processes: a real load's time, and one load for concurrent requests)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from service.lazy_loader import SlotState
 from service.settings import Settings
 from tests.conftest import AppClient, ClientFactory, tone_model
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 
 def speech(**fields: Any) -> dict[str, Any]:
@@ -31,6 +32,8 @@ async def test_models_lists_every_model_and_the_openai_aliases(client: AppClient
     assert response.json()["object"] == "list"
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes  # the load it times is a worker's (in-memory Piper loads once per process)
 async def test_first_request_loads_the_model_and_says_so(client: AppClient) -> None:
     assert client.loader.state("piper-joe") is SlotState.UNLOADED
     cold = await client.post("/v1/audio/speech", json=speech(response_format="wav"))
@@ -168,6 +171,8 @@ async def test_keep_alive_duration_shows_in_the_status(client: AppClient) -> Non
     assert 590 < status["time_until_unload"] <= 600
 
 
+@pytest.mark.slow
+@pytest.mark.real_processes
 async def test_concurrent_cold_requests_cause_one_load_in_a_real_worker(
     make_client: ClientFactory, tmp_path: Any
 ) -> None:

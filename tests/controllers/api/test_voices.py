@@ -16,7 +16,7 @@ from tests.support.audio import RATE, tone, wav_bytes
 from tests.support.checkouts import CHECKOUTS_ENV, example_voices
 from tests.support.disks import small_disk
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 PUBLIC_FIELDS = {"name", "transcript", "seconds", "sample_rate", "locale", "gender", "description", "preset", "created"}
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import AppClient
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.in_process]
 
 
 def external_references(html: str) -> list[str]:
