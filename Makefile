@@ -15,6 +15,10 @@ STEP_AUDIO_CHECKOUTS ?= $(wildcard $(CURDIR)/../shared/step-audio-editx)
 # uv uses this interpreter and never downloads one; the lock must agree with pyproject.toml (--locked)
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
+# Python writes its bytecode caches (git-ignored __pycache__, in .venv and here) even where the environment says not
+# to (PYTHONDONTWRITEBYTECODE=1 on this project's machines): without them every server, worker and test process
+# compiles Litestar, numpy and the rest from source again, a second of CPU per process start (docs/benchmarks.md)
+export PYTHONDONTWRITEBYTECODE :=
 SYNC := $(UV) sync --locked --quiet
 
 .PHONY: run test lint typecheck pytest prerequisites container-env bench lock sync-test clean help
