@@ -54,7 +54,7 @@ WORKDIR /app
 # `onnxruntime/` folder; scripts/container_env.sh leaves the CPU package out, and onnxruntime-gpu serves Piper too.
 COPY pyproject.toml uv.lock ./
 COPY scripts/container_env.sh ./scripts/container_env.sh
-RUN bash scripts/container_env.sh --no-install-project --compile-bytecode
+RUN bash scripts/container_env.sh --no-install-project
 # The service itself, editable: it reads templates/ and static/ beside its package (PROJECT_ROOT = /app), which a
 # regular install into site-packages would leave behind.
 COPY README.md LICENSE ./
@@ -64,7 +64,7 @@ COPY static ./static
 # The web UI's third-party files (static/vendor/, git-ignored) come from the UI's own install script, which does
 # nothing when the build context already has them; a checkout without that script has none to fetch.
 COPY scripts ./scripts
-RUN bash scripts/container_env.sh --compile-bytecode \
+RUN bash scripts/container_env.sh \
     && if [ -f scripts/install_frontend_assets.sh ]; then bash scripts/install_frontend_assets.sh; fi \
     && rm -rf scripts
 

@@ -5,8 +5,5 @@
 # The Dockerfile builds /opt/venv with it; `make container-env` builds .venv-container, where the tests of the real
 # Step-Audio-EditX code run (tests/engines/test_step_audio_checkout.py).
 #   scripts/container_env.sh [more uv sync options]     (UV: the uv to use; UV_PROJECT_ENVIRONMENT: the folder)
-# The image passes --compile-bytecode, so that its processes start without compiling; the tests' copy does not (it
-# would compile 8 GB of packages, a minute of CPU on a fresh clone, for the few modules the tests import, whose
-# bytecode Python writes as they are first imported).
 set -euo pipefail
-exec "${UV:-uv}" sync --locked --extra step-audio --no-install-package onnxruntime "$@"
+exec "${UV:-uv}" sync --locked --extra step-audio --no-install-package onnxruntime --compile-bytecode "$@"
