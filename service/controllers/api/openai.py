@@ -11,7 +11,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
 from litestar.openapi.spec import Example
-from litestar.params import BodyKwarg, MultipartBody
+from litestar.params import BodyKwarg, FromPath, MultipartBody
 from litestar.response import Stream
 
 from service.controllers.errors import ApiError
@@ -19,6 +19,7 @@ from service.controllers.openapi import AudioOperation, SpeechOperation, error_r
 from service.controllers.schemas import ModelCard, ModelList
 from service.controllers.speech_response import speech_response
 from service.engines.base import EditRequest
+from service.lazy_loader import UnknownModel
 from service.models.catalog import Catalog
 from service.speech.planner import SpeechPlan
 from service.speech.schema import SpeechRequest
@@ -148,6 +149,13 @@ async def _respond(
     return speech_response(result, sse=stream_format == "sse")
 
 
+def _model_cards(catalog: Catalog) -> list[ModelCard]:
+    """The servable models, then the aliases, which name their target in `owned_by`."""
+    entries = [ModelCard(spec.id, "model", 0, spec.owned_by) for spec in catalog.servable()]
+    aliases = [ModelCard(alias, "model", 0, "alias:" + target) for alias, target in catalog.aliases.items()]
+    return entries + aliases
+
+
 class OpenAIController(Controller):
     path = "/v1"
     tags = ("openai",)
@@ -155,9 +163,15 @@ class OpenAIController(Controller):
     @get("/models", operation_id="listModels", responses=error_responses())
     async def list_models(self, catalog: NamedDependency[Catalog]) -> ModelList:
         """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
-        entries = [ModelCard(spec.id, "model", 0, spec.owned_by) for spec in catalog.servable()]
-        aliases = [ModelCard(alias, "model", 0, "alias:" + target) for alias, target in catalog.aliases.items()]
-        return ModelList("list", entries + aliases)
+        return ModelList("list", _model_cards(catalog))
+
+    @get("/models/{model:str}", operation_id="retrieveModel", responses=error_responses(404))
+    async def retrieve_model(self, catalog: NamedDependency[Catalog], model: FromPath[str]) -> ModelCard:
+        """One model of the list, by its id or an alias, in OpenAI's Model shape (`client.models.retrieve`)."""
+        cards = {card.id: card for card in _model_cards(catalog)}
+        if model not in cards:
+            raise UnknownModel(model, cards)
+        return cards[model]
 
     @post(
         "/audio/speech",

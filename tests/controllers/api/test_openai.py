@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+import openai
 import pytest
 import soundfile
 
@@ -30,6 +31,34 @@ async def test_models_lists_every_model_and_the_openai_aliases(client: AppClient
     assert "piper-joe" in ids
     assert {"tts-1", "tts-1-hd"} <= set(ids)
     assert response.json()["object"] == "list"
+
+
+async def test_each_listed_model_and_alias_is_retrieved_by_the_official_client(client: AppClient) -> None:
+    listed = (await client.get("/v1/models")).json()["data"]
+    openai_client = openai.AsyncOpenAI(base_url=f"{client.base_url}/v1", api_key="unused", http_client=client)
+
+    retrieved = [(await openai_client.models.retrieve(entry["id"])).model_dump() for entry in listed]
+
+    assert retrieved == [entry | {"shutdown_date": None} for entry in listed]
+    alias = await openai_client.models.retrieve("tts-1")
+    assert (alias.id, alias.object, alias.owned_by) == ("tts-1", "model", "alias:piper-joe")
+
+
+async def test_retrieving_an_unknown_model_is_openai_s_404(client: AppClient) -> None:
+    response = await client.get("/v1/models/no-such-model")
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "model", "model_not_found")
+    assert "no-such-model" in error["message"]
+
+
+@pytest.mark.parametrize("voice", ["marin", "cedar", "fable", "onyx", "nova"])
+async def test_every_openai_voice_name_means_the_model_s_default_voice(client: AppClient, voice: str) -> None:
+    response = await client.post("/v1/audio/speech", json=speech(voice=voice, response_format="wav"))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-voice"] == "joe"
 
 
 @pytest.mark.slow
