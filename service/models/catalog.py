@@ -24,7 +24,8 @@ from service.settings import Settings
 log = structlog.get_logger("service.models.catalog")
 
 EMBEDDED_MODEL_ID = "piper-joe"
-OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# the speech models OpenAI publishes (CreateSpeechRequest.model), dated snapshot included
+OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 STEP_AUDIO_ALIAS = "step-audio-editx"
 STEP_AUDIO_PREFERENCE = ("bnb", "base", "awq")
 

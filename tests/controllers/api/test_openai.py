@@ -53,6 +53,16 @@ async def test_retrieving_an_unknown_model_is_openai_s_404(client: AppClient) ->
     assert "no-such-model" in error["message"]
 
 
+@pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"])
+async def test_every_published_speech_model_name_means_the_default_model(client: AppClient, model: str) -> None:
+    listed = {entry["id"]: entry for entry in (await client.get("/v1/models")).json()["data"]}
+    response = await client.post("/v1/audio/speech", json=speech(model=model, response_format="wav"))
+
+    assert listed[model]["owned_by"] == "alias:piper-joe"
+    assert response.status_code == 200, response.text
+    assert response.headers["x-model"] == "piper-joe"
+
+
 @pytest.mark.parametrize("voice", ["marin", "cedar", "fable", "onyx", "nova"])
 async def test_every_openai_voice_name_means_the_model_s_default_voice(client: AppClient, voice: str) -> None:
     response = await client.post("/v1/audio/speech", json=speech(voice=voice, response_format="wav"))
