@@ -649,8 +649,8 @@ class LazyLoader(Generic[W]):
     async def _make_room(self, slot: _Slot[W]) -> None:
         started = anyio.current_time()
         deadline = started + self._capacity_wait
-        while not has_room(slot.view(), self._views(), self._capacity):
-            victim = eviction_candidate(slot.view(), self._views())
+        while not has_room(newcomer := slot.view(), views := self._views(), self._capacity):
+            victim = eviction_candidate(newcomer, views)
             if victim is not None:
                 await self._unload(self._slots[victim.model], UnloadReason.EVICTED)
                 continue

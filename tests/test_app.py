@@ -18,7 +18,7 @@ from service.models.catalog import ModelSpec
 from service.settings import Settings
 from tests.conftest import ClientFactory, tone_model
 from tests.support.engines import TONE_ENGINE
-from tests.support.memory_workers import in_memory_launcher
+from tests.support.memory_workers import app_with_in_memory_workers
 from tests.support.processes import child_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -44,7 +44,7 @@ def test_an_in_memory_launcher_serves_speech_in_process_without_a_worker_process
     """The launcher seam: the same app, its engine run in this process, driven through Litestar's test client."""
     tone = tone_model("tone")
     settings = Settings(data_dir=tmp_path / "data", default_model="tone")
-    app = create_app(settings, (tone,), launcher=in_memory_launcher(tone))
+    app = app_with_in_memory_workers(settings, (tone,))
     children_before = set(child_pids(os.getpid()))
     with TestClient(app) as client:
         answer = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "hi", "response_format": "wav"})

@@ -1,6 +1,6 @@
 """What the OpenAPI schema says about responses beyond a handler's return type: every error in OpenAI's shape (the
-one `service/errors.py` sends, in place of Litestar's own ValidationException shape for 400), and the audio media
-types of the speech routes. The fuzz test (tests/test_fuzz.py) checks every answer against this."""
+one `service/controllers/errors.py` sends, in place of Litestar's own ValidationException shape for 400), and the
+audio media types of the speech routes. The fuzz test (tests/test_fuzz.py) checks every answer against this."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Workers that run a model's engine inside the test's own process, through `create_app(..., launcher=...)`: HTTP
-behaviour tested in-process (Litestar's test client), without a worker process per model."""
+behaviour tested in-process (Litestar's test client, or tests/support/asgi.py), without a worker process per model."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from litestar import Litestar
 from service.app import create_app
 from service.engines import resolve_engine
 from service.engines.base import AudioChunk, EditRequest, Engine, EngineInputError, GpuMemory, SynthesisRequest
-from service.lazy_loader import WorkerLauncher
 from service.lifecycle.memory import MemoryUsage
 from service.lifecycle.worker_client import EngineRequestError, SpeechWorker
 from service.models.catalog import ModelSpec
@@ -92,23 +91,11 @@ async def _chunks(
             on_finished()
 
 
-def in_memory_launcher(*specs: ModelSpec) -> WorkerLauncher[SpeechWorker]:
-    """A launcher for these models; a test that makes the server load any other fails."""
-    by_id = {spec.id: spec for spec in specs}
-
-    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
-        assert model in by_id, f"the test's launcher has no model {model!r}"
-        return InMemoryWorker(by_id[model])
-
-    return launch
-
-
 def app_with_in_memory_workers(settings: Settings, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
     """`create_app` whose every model (the embedded Piper voice, discovered and configured ones) runs in-memory."""
-    apps: list[Litestar] = []
 
     async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
-        return InMemoryWorker(apps[0].state.catalog.get(model))
+        return InMemoryWorker(app.state.catalog.get(model))
 
-    apps.append(create_app(settings, extra_models, launcher=launch))
-    return apps[0]
+    app = create_app(settings, extra_models, launcher=launch)
+    return app

@@ -1,6 +1,7 @@
 """Ports and processes for the tests, the benchmarks and the scripts: a free loopback port, and what /proc says of
 a process (its children, command line, open file descriptors and resident memory, now and at its peak). Whether a
-pid is still alive, and its resident set, come from service/memory.py (`process_exists`, `process_rss_bytes`).
+pid is still alive, and its resident set, come from service/lifecycle/memory.py (`process_exists`,
+`process_rss_bytes`).
 
 bench/ and scripts/ run as plain scripts (`python scripts/soak.py`): they put the project root on sys.path first."""
 
