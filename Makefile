@@ -11,6 +11,8 @@ UV := $(TOOLS)/bin/uv
 CONTAINER_VENV := .venv-container
 # the Step-Audio-EditX checkouts those tests import: every folder under STEP_AUDIO_CHECKOUTS that holds tts.py
 STEP_AUDIO_CHECKOUTS ?= $(wildcard $(CURDIR)/../shared/step-audio-editx)
+# OpenAI's published schemas the tests validate responses against (tests/support/openai_reference.py)
+OPENAI_REFERENCE ?= $(wildcard $(CURDIR)/../shared/reference/openai-speech-openapi.json)
 
 # uv uses this interpreter and never downloads one; the lock must agree with pyproject.toml (--locked)
 export UV_PYTHON := $(PYTHON)
@@ -65,7 +67,7 @@ prerequisites: sync-test container-env static/vendor/htmx.min.js /usr/bin/chromi
 
 pytest: prerequisites  ## the test suite alone
 	UV="$(CURDIR)/$(UV)" CONTAINER_PYTHON="$(CURDIR)/$(CONTAINER_VENV)/bin/python" \
-	STEP_AUDIO_CHECKOUTS="$(STEP_AUDIO_CHECKOUTS)" $(BIN)/pytest
+	STEP_AUDIO_CHECKOUTS="$(STEP_AUDIO_CHECKOUTS)" OPENAI_REFERENCE="$(OPENAI_REFERENCE)" $(BIN)/pytest
 
 # lint and mypy use the CPU while the downloads for the tests run beside them; then the suite
 test: $(UV)  ## install the test set, then lint, type-check and run every test

@@ -24,6 +24,7 @@ from litestar.template.config import TemplateConfig
 from service import __version__
 from service.audio.decode import AudioDecoder
 from service.controllers.access import KeyRing, access_middleware
+from service.controllers.api.custom_voices import CustomVoicesController, VoiceConsentsController
 from service.controllers.api.health import HealthController
 from service.controllers.api.metrics import MetricsController
 from service.controllers.api.models import ModelsController
@@ -37,6 +38,7 @@ from service.controllers.pages.speak import PagesController
 from service.controllers.pages.voices import VoicePagesController
 from service.controllers.stream_guard import stream_guard
 from service.lazy_loader import LazyLoader, WorkerLauncher
+from service.library.consents import ConsentStore
 from service.library.voices import VoiceLibrary
 from service.lifecycle.worker_client import SpeechWorker, WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
 from service.lifecycle.worker_client import probe as probe_worker
@@ -129,12 +131,20 @@ def create_app(
     metrics.watch(loader)
     admin = ModelAdmin(catalog, loader)
     voices = VoiceLibrary(settings.data_dir, presets)
+    consents = ConsentStore(settings.data_dir, voices)
     keys = KeyRing(api_keys(settings))
     decoder = AudioDecoder(
         ENGINE_INPUT_RATE, settings.max_audio_seconds, settings.max_upload_bytes, settings.audio_url_prefixes
     )
     speech = SpeechService(
-        catalog, loader, metrics, voices, decoder, settings.max_input_chars, settings.request_timeout
+        catalog,
+        loader,
+        metrics,
+        voices,
+        decoder,
+        settings.max_input_chars,
+        settings.request_timeout,
+        ignore_unsupported_instructions=settings.unsupported_instructions == "ignore",
     )
 
     shutdown_requested = anyio.Event()
@@ -168,6 +178,8 @@ def create_app(
             ModelsController,
             OpenAIController,
             VoicesController,
+            CustomVoicesController,
+            VoiceConsentsController,
             MetricsController,
             LoginController,
             create_static_files_router(
@@ -183,6 +195,7 @@ def create_app(
             "speech": provide(speech),
             "metrics": provide(metrics),
             "voices": provide(voices),
+            "consents": provide(consents),
             "keys": provide(keys),
         },
         middleware=[

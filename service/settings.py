@@ -270,6 +270,38 @@ class Settings:
         default=4096,
         metadata={"option": Option("MAX_INPUT_CHARS", "--max-input-chars", "longest accepted speech input")},
     )
+    model_aliases: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "option": Option(
+                "MODEL_ALIASES",
+                "--model-aliases",
+                "comma-separated alias=model pairs, over the models file's aliases and OpenAI's published model names "
+                "(which mean DEFAULT_MODEL unless mapped), e.g. gpt-4o-mini-tts=step-audio-editx",
+            )
+        },
+    )
+    unsupported_instructions: str = field(
+        default="ignore",
+        metadata={
+            "option": Option(
+                "UNSUPPORTED_INSTRUCTIONS",
+                "--unsupported-instructions",
+                "instructions sent to a model that cannot follow them: ignore (speak anyway; X-Ignored-Fields and a "
+                "log line say so) or refuse (400)",
+            )
+        },
+    )
+    consent_required: bool = field(
+        default=True,
+        metadata={
+            "option": Option(
+                "CONSENT_REQUIRED",
+                "--consent-required",
+                "POST /v1/audio/voices needs the id of a stored voice consent recording, as at OpenAI (true/false)",
+            )
+        },
+    )
     shutdown_grace: float = field(
         default=10.0,
         metadata={
@@ -346,6 +378,13 @@ class Settings:
             raise SettingError("keep_alive_timeout", f"must be at least 1 second, got {self.keep_alive_timeout}")
         if self.max_connections < 0:
             raise SettingError("max_connections", f"must be 0 (no limit) or more, got {self.max_connections}")
+        if self.unsupported_instructions not in {"ignore", "refuse"}:
+            raise SettingError(
+                "unsupported_instructions", f"must be ignore or refuse, got {self.unsupported_instructions!r}"
+            )
+        malformed = [pair for pair in self.model_aliases if pair.count("=") != 1 or "" in pair.split("=")]
+        if malformed:
+            raise SettingError("model_aliases", f"must be alias=model pairs, got {', '.join(malformed)}")
         if self.max_header_bytes < 1024:
             raise SettingError("max_header_bytes", f"must be at least 1024, got {self.max_header_bytes}")
 

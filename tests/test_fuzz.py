@@ -42,6 +42,7 @@ from service.lazy_loader import ModelPolicy
 from service.models.catalog import ModelSpec
 from service.settings import Settings
 from tests.conftest import tone_model
+from tests.support.openai_reference import reference, validate
 from tests.support.processes import cmdline, free_port, thread_children
 from tests.support.step_audio_standin import write_standin
 
@@ -226,6 +227,8 @@ def fuzz(
         response = case.call(base_url=base_url, timeout=60)
         statuses[response.status_code] += 1
         if response.status_code >= 400 and "json" in response.headers.get("content-type", [""])[0]:
+            if reference() is not None:
+                validate("ErrorResponse", response.json())
             error = response.json()["error"]
             codes[f"{response.status_code} {error['code']} {error['param']}"] += 1
         if operation.label == "POST /v1/voices" and response.status_code == 201:

@@ -1,6 +1,7 @@
 """Decompression bombs at every route that takes audio, sent to `python -m service` as a client would: each is
 refused with a 400 naming the field, and the server's peak memory grows by no more than a few times the size of
-the longest clip it accepts, however much the upload claims to decode to."""
+the longest clip it accepts, however much the upload claims to decode to, whether libsndfile decodes it (FLAC) or
+FFmpeg does (AAC, WebM)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 import soundfile
 
 from tests.conftest import ServerProcess
+from tests.support.ffmpeg_audio import silent_adts, silent_webm
 from tests.support.processes import memory_kib, reset_peak
 from tests.support.step_audio_standin import write_standin
 
@@ -47,10 +49,11 @@ def silent_flac(seconds: int, channels: int, rate: int = WIDEST_RATE) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def bomb() -> bytes:
-    """The issue's bomb: 30 minutes of 8-channel 48 kHz silence in under 1 MiB, 2.6 GiB as float32."""
-    data = silent_flac(30 * 60, 8)
-    assert len(data) < 1 << 20
+def bombs() -> list[bytes]:
+    """The issue's bomb, 30 minutes of 8-channel 48 kHz silence (2.6 GiB as float32), and two that FFmpeg decodes:
+    3 hours of AAC at 8 kHz and an hour of Opus in WebM (48 kHz); each under 1 MiB."""
+    data = [silent_flac(30 * 60, 8), silent_adts(3), silent_webm(1)]
+    assert all(len(bomb) < 1 << 20 for bomb in data)
     return data
 
 
@@ -128,13 +131,15 @@ def send_everywhere(server: ServerProcess, audio: bytes, code: str) -> None:
 
 
 def test_bombs_at_every_audio_route_are_refused_within_a_small_multiple_of_the_allowed_size(
-    start_server: StartServer, tmp_path: Path, bomb: bytes
+    start_server: StartServer, tmp_path: Path, bombs: list[bytes]
 ) -> None:
     server = editing_server(start_server, tmp_path)
     pid = server.process.pid
     widest_allowed = silent_flac(MAX_AUDIO_SECONDS, 8)
     # every route's code, and the decoder's, run once on small files before the peak is measured
     send_everywhere(server, silent_flac(MAX_AUDIO_SECONDS + 1, 1), "audio_too_long")
+    for short_bomb in (silent_adts, silent_webm):
+        send_everywhere(server, short_bomb((MAX_AUDIO_SECONDS + 1) / 3600), "audio_too_long")
     with httpx.Client(base_url=server.base_url, timeout=60) as client:
         edit: dict[str, Any] = {
             "data": {"mode": "denoise", "model": "nonsense"},
@@ -145,7 +150,8 @@ def test_bombs_at_every_audio_route_are_refused_within_a_small_multiple_of_the_a
         reset_peak(pid)
         before = memory_kib(pid)
         for _ in range(2):
-            send_everywhere(server, bomb, "audio_too_long")
+            for bomb in bombs:
+                send_everywhere(server, bomb, "audio_too_long")
         # the widest clip allowed is decoded whole (to be refused for its model afterwards), and stored as a voice
         edit["files"] = {"audio": ("widest.flac", widest_allowed)}
         assert client.post("/v1/audio/edit", **edit).status_code == 404

@@ -5,18 +5,20 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+import av
 import lameenc
 import numpy as np
 import numpy.typing as npt
-import soundfile
 import soxr
 
 Audio = npt.NDArray[np.float32]
 
-OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
+AAC_SAMPLE_RATES = tuple(sorted(av.Codec("aac", "w").audio_rates or ()))
+OPUS_SAMPLE_RATES = tuple(sorted(av.Codec("libopus", "w").audio_rates or ()))
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 OPENAI_PCM_SAMPLE_RATE = 24000
 _UNKNOWN_LENGTH = 0xFFFFFFFF
@@ -39,14 +41,22 @@ MEDIA_TYPES = {
     AudioFormat.WAV: "audio/wav",
     AudioFormat.PCM: "audio/pcm",
 }
-SUPPORTED_FORMATS = tuple(f for f in AudioFormat if f is not AudioFormat.AAC)
+SUPPORTED_FORMATS = tuple(AudioFormat)
 
 
-def _int16(audio: Audio) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+def _clipped(audio: Audio) -> Audio:
+    return np.clip(audio, -1.0, 1.0)
 
 
-_CODEC_SAMPLE_RATES = {AudioFormat.OPUS: OPUS_SAMPLE_RATES, AudioFormat.MP3: MP3_SAMPLE_RATES}
+def _int16(audio: Audio) -> npt.NDArray[np.int16]:
+    return (_clipped(audio) * 32767.0).astype("<i2")
+
+
+_CODEC_SAMPLE_RATES = {
+    AudioFormat.AAC: AAC_SAMPLE_RATES,
+    AudioFormat.OPUS: OPUS_SAMPLE_RATES,
+    AudioFormat.MP3: MP3_SAMPLE_RATES,
+}
 
 
 def output_sample_rate(audio_format: AudioFormat, engine_rate: int, requested: int | None) -> int:
@@ -73,7 +83,7 @@ class PcmEncoder:
     """Raw 16-bit little-endian mono samples."""
 
     def encode(self, audio: Audio) -> bytes:
-        return _int16(audio)
+        return _int16(audio).tobytes()
 
     def finish(self) -> bytes:
         return b""
@@ -103,13 +113,15 @@ class WavEncoder:
     def encode(self, audio: Audio) -> bytes:
         header = b"" if self._header_sent else self._header()
         self._header_sent = True
-        return header + _int16(audio)
+        return header + _int16(audio).tobytes()
 
     def finish(self) -> bytes:
         return b"" if self._header_sent else self.encode(np.zeros(0, np.float32))
 
 
 class Mp3Encoder:
+    """MP3 frames through LAME (lameenc's build encodes three times faster than the libmp3lame in PyAV's wheels)."""
+
     def __init__(self, sample_rate: int, bitrate_kbps: int = 64) -> None:
         self._lame = lameenc.Encoder()
         self._lame.set_bit_rate(bitrate_kbps)
@@ -122,91 +134,98 @@ class Mp3Encoder:
         if not len(audio):
             return b""
         self._started = True
-        return bytes(self._lame.encode(_int16(audio)))
+        return bytes(self._lame.encode(_int16(audio).tobytes()))
 
     def finish(self) -> bytes:
         return bytes(self._lame.flush()) if self._started else b""
 
 
-class _GrowingBuffer(io.RawIOBase):
-    """A seekable in-memory file whose new bytes can be taken as they appear."""
+@dataclass(frozen=True)
+class Codec:
+    """How PyAV writes a format: FFmpeg's muxer and encoder, the sample format the encoder takes, its settings."""
+
+    muxer: str
+    encoder: str
+    sample_format: str
+    bit_rate: int | None = None
+    muxer_options: dict[str, str] = field(default_factory=dict)
+    encoder_options: dict[str, str] = field(default_factory=dict)
+
+
+CODECS = {
+    # ADTS: every frame carries its own header, so any prefix of whole frames plays
+    AudioFormat.AAC: Codec("adts", "aac", "fltp", bit_rate=64_000),
+    # an Ogg page every 250 ms (FFmpeg's default is 1 s): the muxer holds a page back until the next one is full, so
+    # a stream lags its audio by half a second rather than two, for 2 % more bytes (0.6 kb/s of page headers)
+    AudioFormat.OPUS: Codec("ogg", "libopus", "flt", bit_rate=32_000, muxer_options={"page_duration": "250000"}),
+    # no 8 KiB of padding after the header (FFmpeg's default), which nobody edits in a response
+    AudioFormat.FLAC: Codec(
+        "flac",
+        "flac",
+        "s16",
+        muxer_options={"metadata_header_padding": "0"},
+        encoder_options={"compression_level": "5"},
+    ),
+}
+
+
+class _Pending:
+    """A write-only, unseekable file: what the muxer has written since the last `take`."""
 
     def __init__(self) -> None:
-        self._data = bytearray()
-        self._position = 0
-        self._taken = 0
+        self._parts: list[bytes] = []
 
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        end = self._position + len(data)
-        if end > len(self._data):
-            self._data.extend(bytes(end - len(self._data)))
-        self._data[self._position : end] = data
-        self._position = end
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
         return len(data)
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._position + size
-        data = bytes(self._data[self._position : end])
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._data)}[whence]
-        self._position = base + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
     def take(self) -> bytes:
-        data = bytes(self._data[self._taken :])
-        self._taken = len(self._data)
+        data = b"".join(self._parts)
+        self._parts.clear()
         return data
 
 
-class OggOpusEncoder:
-    """Ogg Opus through libsndfile; Ogg pages carry no total length, so they stream as written."""
+class PyAvEncoder:
+    """A format FFmpeg encodes and muxes, through PyAV. Streamed, the muxer writes to an unseekable file and each
+    call returns whole frames (ADTS) or pages (Ogg) as they are done; given a seekable one (`whole`), it goes back
+    to write exact lengths in the header on `finish` (FLAC's STREAMINFO), so nothing is returned before."""
 
-    def __init__(self, sample_rate: int) -> None:
-        self._buffer = _GrowingBuffer()
-        self._file = soundfile.SoundFile(
-            self._buffer, "w", samplerate=sample_rate, channels=1, format="OGG", subtype="OPUS"
+    def __init__(self, codec: Codec, sample_rate: int, whole: bool = False) -> None:
+        self._whole = io.BytesIO() if whole else None
+        self._pending = _Pending()
+        self._container = av.open(
+            self._pending if self._whole is None else self._whole,
+            "w",
+            format=codec.muxer,
+            container_options={"flush_packets": "1"} | codec.muxer_options,
         )
-
-    def encode(self, audio: Audio) -> bytes:
-        self._file.write(audio)
-        return self._buffer.take()
-
-    def finish(self) -> bytes:
-        self._file.close()
-        return self._buffer.take()
-
-
-class FlacEncoder:
-    """FLAC's header records the total length, so the file is written once all audio is there."""
-
-    def __init__(self, sample_rate: int) -> None:
+        stream = self._container.add_stream(codec.encoder, rate=sample_rate, options=codec.encoder_options)
+        assert isinstance(stream, av.AudioStream)
+        self._stream = stream
+        self._stream.layout = "mono"
+        self._stream.format = codec.sample_format
+        if codec.bit_rate is not None:
+            self._stream.bit_rate = codec.bit_rate
         self._sample_rate = sample_rate
-        self._chunks: list[Audio] = []
+        self._sample_format = codec.sample_format
+        self._samples_given = 0
+        self._container.start_encoding()  # the header now: a stream given no audio still sends its format's header
 
     def encode(self, audio: Audio) -> bytes:
-        self._chunks.append(audio)
-        return b""
+        """Partial codec frames wait in PyAV's frame-size buffer until the next call or `finish`."""
+        if len(audio):
+            samples = _int16(audio) if self._sample_format == "s16" else _clipped(audio)
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format=self._sample_format, layout="mono")
+            frame.sample_rate = self._sample_rate
+            frame.pts = self._samples_given
+            self._samples_given += len(audio)
+            self._container.mux(self._stream.encode(frame))
+        return b"" if self._whole else self._pending.take()
 
     def finish(self) -> bytes:
-        output = io.BytesIO()
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
-        soundfile.write(output, audio, self._sample_rate, format="FLAC", subtype="PCM_16")
-        return output.getvalue()
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._whole.getvalue() if self._whole else self._pending.take()
 
 
 class ResamplingEncoder:
@@ -229,20 +248,17 @@ _ENCODERS: dict[AudioFormat, Callable[[int, int | None], Encoder]] = {
     AudioFormat.PCM: lambda rate, total: PcmEncoder(),
     AudioFormat.WAV: WavEncoder,
     AudioFormat.MP3: lambda rate, total: Mp3Encoder(rate),
-    AudioFormat.OPUS: lambda rate, total: OggOpusEncoder(rate),
-    AudioFormat.FLAC: lambda rate, total: FlacEncoder(rate),
+    AudioFormat.OPUS: lambda rate, total: PyAvEncoder(CODECS[AudioFormat.OPUS], rate),
+    AudioFormat.AAC: lambda rate, total: PyAvEncoder(CODECS[AudioFormat.AAC], rate),
+    AudioFormat.FLAC: lambda rate, total: PyAvEncoder(CODECS[AudioFormat.FLAC], rate, whole=total is not None),
 }
 
 
 def create_encoder(
     audio_format: AudioFormat, engine_rate: int, output_rate: int, total_samples: int | None = None
 ) -> Encoder:
-    """An encoder for `audio_format` taking audio at `engine_rate` and writing it at `output_rate`."""
-    if audio_format not in _ENCODERS:
-        raise ValueError(
-            f"response_format {audio_format.value!r} is not supported; use one of "
-            f"{[f.value for f in SUPPORTED_FORMATS]}"
-        )
+    """An encoder for `audio_format` taking audio at `engine_rate` and writing it at `output_rate`; with
+    `total_samples` known, headers that record the length (WAV, FLAC) carry it."""
     if engine_rate == output_rate:
         return _ENCODERS[audio_format](output_rate, total_samples)
     return ResamplingEncoder(_ENCODERS[audio_format](output_rate, None), engine_rate, output_rate)

@@ -37,9 +37,10 @@ def _event(event: dict[str, object]) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """OpenAI's speech SSE stream: `speech.audio.delta` events with base64 audio, then `speech.audio.done`; a
-    stream that cannot be finished ends with an `error` event (OpenAI's error object) instead, and unfinished."""
+async def server_sent_events(outcome: SpeechOutcome, audio: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI's speech SSE stream: `speech.audio.delta` events with base64 audio, then `speech.audio.done` with the
+    usage; a stream that cannot be finished ends with an `error` event (OpenAI's error object) instead, and
+    unfinished."""
     try:
         async for chunk in audio:
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode()})
@@ -47,7 +48,17 @@ async def server_sent_events(audio: AsyncIterator[bytes]) -> AsyncIterator[bytes
         if aborted.failure is not None:
             yield _event({"type": "error", **as_api_error(aborted.failure).body()})
         raise
-    yield _event({"type": "speech.audio.done"})
+    usage = outcome.usage()
+    yield _event(
+        {
+            "type": "speech.audio.done",
+            "usage": {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+    )
 
 
 def speech_response(outcome: SpeechOutcome, *, sse: bool = False) -> Response[bytes] | Stream:
@@ -56,5 +67,5 @@ def speech_response(outcome: SpeechOutcome, *, sse: bool = False) -> Response[by
     if isinstance(outcome.audio, bytes):
         return Response(outcome.audio, media_type=outcome.media_type, headers=headers)
     if sse:
-        return Stream(server_sent_events(outcome.audio), media_type="text/event-stream", headers=headers)
+        return Stream(server_sent_events(outcome, outcome.audio), media_type="text/event-stream", headers=headers)
     return Stream(outcome.audio, media_type=outcome.media_type, headers=headers)

@@ -27,6 +27,22 @@ EMBEDDED_MODEL_ID = "piper-joe"
 # the speech models OpenAI publishes (CreateSpeechRequest.model), dated snapshot included
 OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15")
 STEP_AUDIO_ALIAS = "step-audio-editx"
+# every voice name OpenAI's speech API takes (its published VoiceIdsShared, and the older fable, onyx and nova)
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
 STEP_AUDIO_PREFERENCE = ("bnb", "base", "awq")
 
 
@@ -42,6 +58,8 @@ class ModelSpec:
     owned_by: str = "local"
     environment: Mapping[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # OpenAI voice name -> the voice of this model it means (unmapped names mean the default voice)
+    openai_voices: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -53,12 +71,22 @@ class ModelSpec:
         owned_by: str = "local",
         environment: Mapping[str, str] | None = None,
         aliases: tuple[str, ...] = (),
+        openai_voices: Mapping[str, str] | None = None,
     ) -> ModelSpec:
         """Describe the engine from its options (cheap: no weights are read)."""
         engine_class = resolve_engine(engine)
         capabilities = engine_class.describe(options)
         worker_environment = {**getattr(engine_class, "worker_environment", {}), **(environment or {})}
-        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, worker_environment, aliases)
+        voices = dict(openai_voices or {})
+        return cls(model_id, engine, dict(options), capabilities, policy, owned_by, worker_environment, aliases, voices)
+
+    def voice_for(self, name: str | None) -> str:
+        """The voice a request's voice name means: an OpenAI name means the mapped voice or the default voice."""
+        if name is None:
+            return self.capabilities.default_voice
+        if name in OPENAI_VOICES and name not in self.capabilities.voices:
+            return self.openai_voices.get(name, self.capabilities.default_voice)
+        return name
 
     @property
     def edits(self) -> bool:
@@ -135,6 +163,32 @@ def discover_step_audio(settings: Settings) -> tuple[list[ModelSpec], dict[str, 
     return specs, unavailable
 
 
+class AliasError(ValueError):
+    """An alias that names no model, or that hides a model id."""
+
+
+def _alias_table(specs: Mapping[str, ModelSpec], default_model: str, aliases: Mapping[str, str]) -> dict[str, str]:
+    """OpenAI's published model names meaning the default model, overridden by `aliases` (each checked); an alias may
+    name another alias, which it then means."""
+    table = dict.fromkeys(OPENAI_MODEL_ALIASES, default_model) | dict(aliases)
+    hidden = sorted(alias for alias in table if alias in specs)
+    if hidden:
+        raise AliasError(f"aliases {hidden} are model ids already; an alias needs a name of its own")
+    return {alias: _alias_target(alias, table, specs) for alias in table}
+
+
+def _alias_target(alias: str, table: Mapping[str, str], specs: Mapping[str, ModelSpec]) -> str:
+    """The model an alias ends at, following aliases of aliases."""
+    seen = {alias}
+    name = table[alias]
+    while name in table and name not in seen:
+        seen.add(name)
+        name = table[name]
+    if name not in specs:
+        raise AliasError(f"alias {alias!r} names {table[alias]!r}, which is not a model here")
+    return name
+
+
 class NoEditingModel(LookupError):
     """An edit that names no model, on a server where none edits audio."""
 
@@ -168,7 +222,7 @@ class Catalog:
         if default_model not in self.specs:
             raise ValueError(f"default model {default_model!r} is not one of {sorted(self.specs)}")
         self.default_model = default_model
-        self.aliases = dict.fromkeys(OPENAI_MODEL_ALIASES, default_model) | dict(aliases or {})
+        self.aliases = _alias_table(self.specs, default_model, aliases or {})
         self.unavailable = dict(unavailable or {})
         # model id -> the state of its engine's import probe: pending, passed or failed
         self.probes: dict[str, str] = {}
@@ -183,6 +237,9 @@ class Catalog:
         if chosen is not None:
             aliases[STEP_AUDIO_ALIAS] = chosen
         specs = [*discover_models(settings, unavailable), *step_audio, *extra]
+        for spec in specs:
+            aliases |= dict.fromkeys(spec.aliases, spec.id)
+        aliases |= dict(pair.split("=", 1) for pair in settings.model_aliases)
         catalog = cls(specs, settings.default_model, aliases, unavailable)
         for model in dict.fromkeys((*settings.preload, *settings.pinned)):
             spec = catalog.get(model)

@@ -8,8 +8,11 @@ load_timeout = 900               # optional; default LOAD_TIMEOUT
 auto_unload = true               # optional
 pinned = false                   # optional
 preload = false                  # optional
+aliases = ["tts-1-hd"]           # optional: more names for this model (MODEL_ALIASES overrides them)
 [models.options]                 # passed to the engine
 model_path = "/models/voice.onnx"
+[models.openai_voices]           # optional: what OpenAI's voice names mean here (unmapped: the default voice)
+alloy = "speaker_2"              # a voice of the engine, or a library voice for a cloning model
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import soundfile
 
 from service.lazy_loader import ModelPolicy
 from service.library.voices import Voice, VoiceError, validate_name
-from service.models.catalog import ModelSpec
+from service.models.catalog import OPENAI_VOICES, ModelSpec
 from service.settings import Settings
 
 _KNOWN_KEYS = {
@@ -37,6 +40,7 @@ _KNOWN_KEYS = {
     "owned_by",
     "environment",
     "aliases",
+    "openai_voices",
 }
 _VOICE_KEYS = {"name", "audio", "transcript", "locale", "gender", "description"}
 
@@ -90,12 +94,39 @@ def _entry(path: Path, index: int, raw: Any, settings: Settings) -> ModelSpec:
     environment = raw.get("environment", {})
     if not isinstance(environment, dict) or not all(isinstance(value, str) for value in environment.values()):
         raise ModelConfigError(f"{where}: 'environment' must be a table of strings")
+    openai_voices = _openai_voices(where, raw.get("openai_voices", {}))
     try:
-        return ModelSpec.create(
-            raw["id"], raw["engine"], options, policy, str(raw.get("owned_by", "local")), environment, tuple(aliases)
+        spec = ModelSpec.create(
+            raw["id"],
+            raw["engine"],
+            options,
+            policy,
+            str(raw.get("owned_by", "local")),
+            environment,
+            tuple(aliases),
+            openai_voices,
         )
     except Exception as error:  # an engine that cannot describe itself is a configuration error
         raise ModelConfigError(f"{where}: {type(error).__name__}: {error}") from error
+    capabilities = spec.capabilities
+    foreign = sorted(voice for voice in openai_voices.values() if voice not in capabilities.voices)
+    if foreign and not capabilities.clones:
+        raise ModelConfigError(
+            f"{where}: openai_voices maps to {foreign}, which are not voices of this model ({capabilities.voices})"
+        )
+    return spec
+
+
+def _openai_voices(where: str, raw: Any) -> dict[str, str]:
+    """The `openai_voices` table: OpenAI voice names to voices of the model."""
+    if not isinstance(raw, dict) or not all(isinstance(value, str) and value for value in raw.values()):
+        raise ModelConfigError(f"{where}: 'openai_voices' must be a table of voice names")
+    unknown = sorted(set(raw) - set(OPENAI_VOICES))
+    if unknown:
+        raise ModelConfigError(
+            f"{where}: openai_voices has {unknown}, which are not OpenAI voice names {OPENAI_VOICES}"
+        )
+    return dict(raw)
 
 
 def _document(path: Path) -> dict[str, Any]:

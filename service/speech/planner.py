@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import anyio
+import msgspec
+import structlog
 
 from service.audio.decode import AudioDecoder
 from service.audio.encode import AudioFormat, output_sample_rate
@@ -17,8 +19,10 @@ from service.errors import InvalidRequest
 from service.library.voices import VoiceError, VoiceLibrary
 from service.models.catalog import Catalog, ModelSpec
 from service.speech.instructions import check_edit, edits_from_instructions, speed_edit
-from service.speech.schema import OPENAI_VOICES, SpeechRequest, VoiceReference
+from service.speech.schema import SpeechRequest, VoiceReference
 from service.speech.step_audio_compat import step_audio_work
+
+log = structlog.get_logger("service.speech.planner")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -64,30 +68,31 @@ class SpeechPlan:
 
 def _audio_format(response_format: str) -> AudioFormat:
     try:
-        audio_format = AudioFormat(response_format)
+        return AudioFormat(response_format)
     except ValueError:
         raise InvalidRequest(
             f"response_format {response_format!r} is not one of {[f.value for f in AudioFormat]}",
             param="response_format",
             code="invalid_value",
         ) from None
-    if audio_format is AudioFormat.AAC:
-        raise InvalidRequest(
-            "response_format 'aac' is not available on this server; use mp3, opus, flac, wav or pcm",
-            param="response_format",
-            code="unsupported_value",
-        )
-    return audio_format
 
 
 class SpeechPlanner:
     """Turns speech and edit requests into plans: everything that can be checked before any model work starts."""
 
-    def __init__(self, catalog: Catalog, voices: VoiceLibrary, decoder: AudioDecoder, max_input_chars: int) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        voices: VoiceLibrary,
+        decoder: AudioDecoder,
+        max_input_chars: int,
+        ignore_unsupported_instructions: bool = True,
+    ) -> None:
         self.catalog = catalog
         self.decoder = decoder
         self._voices = voices
         self._max_input_chars = max_input_chars
+        self._ignore_unsupported_instructions = ignore_unsupported_instructions
 
     def _check_text(self, text: str, param: str) -> None:
         if not text.strip():
@@ -111,11 +116,13 @@ class SpeechPlanner:
             spec, mode, work, ignored = await step_audio_work(self, request, request.step_audio, uploads or {})
         else:
             spec = self.catalog.resolve(request.model)
-            ignored = ()
+            ignored = self._unfollowed_instructions(spec, request)
+            if ignored:
+                request = msgspec.structs.replace(request, instructions=None)
             if spec.capabilities.clones:
                 mode, work = "clone", await self.clone(spec, request, None)
             else:
-                mode, work = "tts", self._own_voice(spec, request)
+                mode, work = "tts", await self._own_voice(spec, request)
         rate = output_sample_rate(audio_format, spec.capabilities.sample_rate, request.sample_rate)
         return SpeechPlan(spec, work, mode, audio_format, rate, keep_alive, ignored)
 
@@ -128,25 +135,39 @@ class SpeechPlanner:
         rate = output_sample_rate(audio_format, spec.capabilities.sample_rate, None)
         return SpeechPlan(spec, self.edit(spec, edit, ""), edit.mode, audio_format, rate, parse_keep_alive(keep_alive))
 
-    def _own_voice(self, spec: ModelSpec, request: SpeechRequest) -> SynthesisRequest:
+    def _unfollowed_instructions(self, spec: ModelSpec, request: SpeechRequest) -> tuple[str, ...]:
+        """("instructions",) when the request has instructions the model cannot follow and the server ignores them
+        (UNSUPPORTED_INSTRUCTIONS=ignore); a 400 when it refuses them."""
+        capabilities = spec.capabilities
+        if not request.instructions or capabilities.supports_instructions or capabilities.edit_options:
+            return ()
+        if not self._ignore_unsupported_instructions:
+            raise InvalidRequest(
+                f"model {spec.id!r} cannot follow instructions; leave the field out or pick a model that supports it",
+                param="instructions",
+                code="unsupported_value",
+            )
+        log.info("instructions_ignored", model=spec.id, requested=request.model, characters=len(request.instructions))
+        return ("instructions",)
+
+    async def _own_voice(self, spec: ModelSpec, request: SpeechRequest) -> SynthesisRequest:
         """A request for an engine with voices of its own (Piper's speakers)."""
         capabilities = spec.capabilities
-        named = request.voice.id if isinstance(request.voice, VoiceReference) else request.voice
-        voice = named or capabilities.default_voice
-        if voice in OPENAI_VOICES and voice not in capabilities.voices:
-            voice = capabilities.default_voice
+        voice = spec.voice_for(request.voice.id if isinstance(request.voice, VoiceReference) else request.voice)
         if voice not in capabilities.voices:
+            if voice in await anyio.to_thread.run_sync(self._voices.names):
+                raise InvalidRequest(
+                    f"voice {voice!r} is a library voice, for cloning, and model {spec.id!r} cannot clone; pick a "
+                    "cloning model (Step-Audio-EditX) or one of this model's voices: "
+                    f"{', '.join(capabilities.voices)}",
+                    param="voice",
+                    code="unsupported_value",
+                )
             raise InvalidRequest(
                 f"voice {voice!r} is not a voice of model {spec.id!r}; available: "
                 f"{', '.join(capabilities.voices)} (or an OpenAI voice name for the default)",
                 param="voice",
                 code="invalid_value",
-            )
-        if request.instructions and not capabilities.supports_instructions:
-            raise InvalidRequest(
-                f"model {spec.id!r} cannot follow instructions; leave the field out or pick a model that supports it",
-                param="instructions",
-                code="unsupported_value",
             )
         if request.speed != 1.0 and not capabilities.supports_speed:
             raise InvalidRequest(f"model {spec.id!r} cannot change speed", param="speed", code="unsupported_value")
@@ -162,8 +183,7 @@ class SpeechPlanner:
         speed = speed_edit(request.speed, options)
         label = "reference"
         if reference is None:
-            named = request.voice.id if isinstance(request.voice, VoiceReference) else request.voice
-            label = named if named and named not in OPENAI_VOICES else spec.capabilities.default_voice
+            label = spec.voice_for(request.voice.id if isinstance(request.voice, VoiceReference) else request.voice)
             if not label:
                 raise InvalidRequest(
                     f"model {spec.id!r} speaks in a cloned voice: set voice to a voice of the library "

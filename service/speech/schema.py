@@ -8,23 +8,6 @@ import msgspec
 
 from service.engines.base import MAX_EDIT_ITERATIONS
 
-# every voice name OpenAI's speech API takes (its published VoiceIdsShared, and the older fable, onyx and nova)
-OPENAI_VOICES = (
-    "alloy",
-    "ash",
-    "ballad",
-    "coral",
-    "echo",
-    "fable",
-    "onyx",
-    "nova",
-    "sage",
-    "shimmer",
-    "verse",
-    "marin",
-    "cedar",
-)
-
 
 class VoiceReference(msgspec.Struct):
     """OpenAI's object form of a voice: `{"id": "..."}`."""

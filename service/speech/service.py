@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +39,36 @@ def _nothing_to_speak() -> InvalidRequest:
     )
 
 
+# output "tokens" are 20 ms frames of audio: engines here share no tokenizer, so usage counts what they produced
+AUDIO_FRAMES_PER_SECOND = 50
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """OpenAI's usage object for speech, counted honestly for engines without a shared tokenizer: input tokens are
+    the characters of text the engine was given, output tokens the 20 ms frames of audio it produced."""
+
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class AudioTally:
+    """Seconds of audio a request has produced so far (a stream's grows as it is sent)."""
+
+    seconds: float = 0.0
+
+
+def _input_characters(request: SynthesisRequest | EditRequest) -> int:
+    if isinstance(request, SynthesisRequest):
+        return len(request.text) + len(request.instructions or "")
+    return len(request.transcript) + len(request.text or "")
+
+
 @dataclass(frozen=True)
 class SpeechOutcome:
     """What a request produced and how: the encoded audio (whole, or chunks as they are made) and the figures the
@@ -54,14 +85,21 @@ class SpeechOutcome:
     load_seconds: float
     queue_seconds: float
     ignored_fields: tuple[str, ...]
+    input_characters: int
+    produced: AudioTally
     generation_seconds: float | None = None
     audio_seconds: float | None = None
+
+    def usage(self) -> TokenUsage:
+        """The usage so far: complete once the audio has been sent."""
+        return TokenUsage(self.input_characters, math.ceil(round(self.produced.seconds * AUDIO_FRAMES_PER_SECOND, 6)))
 
 
 def _outcome(
     plan: SpeechPlan,
     lease: Lease[SpeechWorker],
     audio: bytes | AsyncIterator[bytes],
+    produced: AudioTally,
     *,
     generation_seconds: float | None = None,
     audio_seconds: float | None = None,
@@ -79,6 +117,8 @@ def _outcome(
         load_seconds=lease.load_seconds or 0.0,
         queue_seconds=lease.queued_seconds,
         ignored_fields=plan.ignored_fields,
+        input_characters=_input_characters(plan.request),
+        produced=produced,
         generation_seconds=generation_seconds,
         audio_seconds=audio_seconds,
     )
@@ -94,8 +134,9 @@ class SpeechService:
         decoder: AudioDecoder,
         max_input_chars: int,
         request_timeout: float = 600.0,
+        ignore_unsupported_instructions: bool = True,
     ) -> None:
-        self.planner = SpeechPlanner(catalog, voices, decoder, max_input_chars)
+        self.planner = SpeechPlanner(catalog, voices, decoder, max_input_chars, ignore_unsupported_instructions)
         self.decoder = decoder
         self._loader = loader
         self._metrics = metrics
@@ -134,7 +175,14 @@ class SpeechService:
         )
         audio_seconds = len(audio) / plan.spec.capabilities.sample_rate
         self._finished(plan, lease, audio_seconds, first_audio, streamed=False)
-        return _outcome(plan, lease, encoded, generation_seconds=generation_seconds, audio_seconds=audio_seconds)
+        return _outcome(
+            plan,
+            lease,
+            encoded,
+            AudioTally(audio_seconds),
+            generation_seconds=generation_seconds,
+            audio_seconds=audio_seconds,
+        )
 
     async def stream(self, plan: SpeechPlan) -> SpeechOutcome:
         """Encoded audio chunks as the engine produces them; errors before the first chunk still reach the client
@@ -151,6 +199,7 @@ class SpeechService:
             lease.release()
             raise
         first_audio = time.perf_counter()
+        produced = AudioTally()
 
         async def body() -> AsyncIterator[bytes]:
             samples = 0
@@ -158,6 +207,7 @@ class SpeechService:
                 chunk: AudioChunk | None = first
                 while chunk is not None:
                     samples += len(chunk)
+                    produced.seconds = samples / engine_rate
                     if encoded := encoder.encode(chunk):
                         yield encoded
                     chunk = await anext(chunks, None)
@@ -175,7 +225,7 @@ class SpeechService:
                 finally:
                     lease.release()
 
-        return _outcome(plan, lease, body())
+        return _outcome(plan, lease, body(), produced)
 
     def _finished(
         self,

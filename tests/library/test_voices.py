@@ -1,5 +1,6 @@
-"""The voice library and client audio, without the API: atomic writes, naming rules, presets from the models file,
-decoding limits, base64 and URL fetching (from a loopback server only)."""
+"""The voice library and client audio, without the API: atomic writes, naming rules, custom voices (OpenAI's) and
+changes to voices, presets from the models file, decoding limits, base64 and URL fetching (from a loopback server
+only)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,20 @@ from litestar.params import FromPath
 from service.audio.decode import AudioDecoder
 from service.controllers.errors import as_api_error
 from service.engines.base import AudioClip
-from service.errors import ServiceError
+from service.errors import InvalidRequest, ServiceError
+from service.library import voices as library_voices
 from service.library.voices import (
+    CUSTOM_VOICE_ID,
+    MAX_LABEL_CHARS,
     MAX_TRANSCRIPT_CHARS,
+    Authorisation,
     UnknownVoice,
     Voice,
     VoiceConflict,
     VoiceError,
     VoiceLibrary,
     VoiceStorageFull,
+    page_after,
 )
 from service.models.config import ModelConfigError, load_voice_presets
 from tests.conftest import serve
@@ -88,6 +95,9 @@ def test_public_fields_leave_out_the_file(tmp_path: Path) -> None:
         "description",
         "preset",
         "created",
+        "label",
+        "openai_type",
+        "consent",
     }
 
 
@@ -232,6 +242,226 @@ def test_delete_removes_the_folder_and_presets_are_read_only(tmp_path: Path) -> 
         library.add("narrator", clip(), "Hi.")
     assert preset_wav.exists()
     assert library.get("narrator") is preset
+
+
+def test_concurrent_deletes_of_one_voice_give_one_deletion_and_one_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both deletes find the voice before either removes its folder."""
+    library = VoiceLibrary(tmp_path, [])
+    library.add("twin", clip(), "Hi.")
+    both_found = threading.Barrier(2)
+    remove = library_voices.remove_folder
+
+    def remove_when_both_found(root: Path, name: str) -> bool:
+        both_found.wait(timeout=5)
+        return remove(root, name)
+
+    monkeypatch.setattr(library_voices, "remove_folder", remove_when_both_found)
+
+    def attempt_delete() -> Voice | Exception:
+        try:
+            return library.delete("twin")
+        except Exception as error:  # the outcome is what the test inspects
+            return error
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: attempt_delete(), range(2)))
+    assert sorted(type(outcome).__name__ for outcome in outcomes) == ["UnknownVoice", "Voice"], outcomes
+    assert tree(tmp_path / "voices") == []
+
+
+# --- custom voices (OpenAI's /v1/audio/voices) ------------------------------------------------------------------
+
+
+def authorisation(consent: str = "cons_" + "a" * 32) -> Authorisation:
+    return Authorisation(consent, {"consent.json": b'{"name": "Jo"}', "consent.wav": b"RIFF consent"})
+
+
+def test_a_custom_voice_gets_an_id_keeps_its_label_and_the_consent_s_record(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    voice = library.add_custom(clip(1.5), "  My narrator  ", "  Hello there.  ", authorisation())
+
+    assert CUSTOM_VOICE_ID.fullmatch(voice.name)
+    assert library_voices.VOICE_NAME.fullmatch(voice.name)
+    assert (voice.label, voice.transcript, voice.openai_type, voice.consent) == (
+        "My narrator",
+        "Hello there.",
+        "audio_sample",
+        "cons_" + "a" * 32,
+    )
+    folder = tmp_path / "voices" / voice.name
+    assert tree(folder) == ["consent.json", "consent.wav", "voice.json", "voice.wav"]
+    assert (folder / "consent.wav").read_bytes() == b"RIFF consent"
+    meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
+    assert (meta["label"], meta["openai_type"], meta["consent"]) == ("My narrator", "audio_sample", "cons_" + "a" * 32)
+    assert VoiceLibrary(tmp_path, []).get(voice.name) == voice
+    assert library.get_custom(voice.name) == voice
+    assert library.authorised_by("cons_" + "a" * 32) == [voice.name]
+
+
+def test_a_custom_voice_may_lack_a_transcript_until_it_is_given_one(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    voice = library.add_custom(clip(), "Untold", "   ", None)
+    assert (voice.transcript, voice.consent) == ("", None)
+    assert tree(tmp_path / "voices" / voice.name) == ["voice.json", "voice.wav"]
+
+    with pytest.raises(VoiceError) as untold:
+        library.clip(voice.name)
+    assert (as_api_error(untold.value).status, untold.value.param) == (400, "voice")
+    assert str(untold.value) == (
+        f"voice {voice.name!r} has no transcript, and cloning needs what its clip says: give it one with "
+        f'PATCH /v1/voices/{voice.name} and the JSON {{"transcript": "<what the clip says>"}}'
+    )
+
+    told = library.update(voice.name, transcript="  What the clip says. ")
+    assert told == VoiceLibrary(tmp_path, []).get(voice.name)
+    assert told.transcript == "What the clip says."
+    stored, audio = library.clip(voice.name)
+    assert stored == told
+    assert abs(audio.seconds - 1.0) < 1e-6
+
+
+def test_a_custom_voice_needs_a_name_of_sensible_length(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    for label in ["", "  \n", "x" * (MAX_LABEL_CHARS + 1)]:
+        with pytest.raises(InvalidRequest) as refused:
+            library.add_custom(clip(), label, "Hi.", None)
+        assert (as_api_error(refused.value).status, refused.value.param) == (400, "name")
+    with pytest.raises(VoiceError) as long:
+        library.add_custom(clip(), "Fine", "x" * (MAX_TRANSCRIPT_CHARS + 1), None)
+    assert long.value.param == "transcript"
+    assert tree(tmp_path) == []
+
+
+def test_custom_voices_are_listed_newest_first_and_apart_from_the_library_s_own(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    library.add("plain", clip(), "Hi.")
+    made = [library.add_custom(clip(), f"voice {index}", "Hi.", None) for index in range(3)]
+
+    assert [voice.name for voice in library.custom()] == [voice.name for voice in reversed(made)]
+    assert sorted(library.names()) == sorted(["plain", *(voice.name for voice in made)])
+    for name in ["plain", "voice_" + "0" * 32, "../plain", ""]:
+        with pytest.raises(UnknownVoice) as unknown:
+            library.get_custom(name)
+        assert (as_api_error(unknown.value).status, unknown.value.param) == (404, "voice_id")
+    with pytest.raises(UnknownVoice):
+        library.delete_custom("plain")
+    assert library.get("plain").name == "plain"
+
+    assert library.delete_custom(made[1].name) == made[1]
+    assert [voice.name for voice in library.custom()] == [made[2].name, made[0].name]
+    with pytest.raises(UnknownVoice):
+        library.delete_custom(made[1].name)
+
+
+def test_pages_follow_the_item_named_by_after_and_an_unknown_after_is_a_400() -> None:
+    items = ["e", "d", "c", "b", "a"]
+    first = page_after(items, str, None, 2)
+    second = page_after(items, str, first.items[-1], 2)
+    last = page_after(items, str, second.items[-1], 2)
+    assert [(page.items, page.has_more) for page in (first, second, last)] == [
+        (["e", "d"], True),
+        (["c", "b"], True),
+        (["a"], False),
+    ]
+    assert page_after(items, str, "a", 2).items == []
+    assert page_after(items, str, None, 5).has_more is False
+    with pytest.raises(InvalidRequest) as unknown:
+        page_after(items, str, "z", 2)
+    assert (as_api_error(unknown.value).status, unknown.value.param) == (400, "after")
+
+
+# --- changing a voice -------------------------------------------------------------------------------------------
+
+
+def test_update_changes_the_given_fields_only_and_keeps_the_rest(tmp_path: Path) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    voice = library.add("hana", clip(), "Hi.", locale="ja-JP", description="soft")
+
+    labelled = library.update("hana", label="  Hana  ")
+    assert labelled == replace(voice, label="Hana")
+    described = library.update("hana", description="  ")
+    assert (described.description, described.label, described.transcript) == (None, "Hana", "Hi.")
+    assert VoiceLibrary(tmp_path, []).get("hana") == described
+    assert tree(tmp_path / "voices") == ["hana", "hana/voice.json", "hana/voice.wav"]
+
+
+def test_update_refuses_bad_values_presets_and_unknown_voices(tmp_path: Path) -> None:
+    preset_wav = tmp_path / "preset.wav"
+    soundfile.write(preset_wav, tone(1.0), RATE)
+    library = VoiceLibrary(tmp_path / "data", [Voice("narrator", "Once.", preset_wav, 1.0, RATE, preset=True)])
+    kept = library.add("ivan", clip(), "Hi.")
+    for changes, param in [
+        ({"transcript": " "}, "transcript"),
+        ({"transcript": "x" * (MAX_TRANSCRIPT_CHARS + 1)}, "transcript"),
+        ({"label": ""}, "label"),
+    ]:
+        with pytest.raises(ServiceError) as refused:
+            library.update("ivan", **changes)
+        assert (as_api_error(refused.value).status, refused.value.param) == (400, param)
+    with pytest.raises(VoiceConflict) as preset:
+        library.update("narrator", transcript="Twice.")
+    assert as_api_error(preset.value).status == 409
+    with pytest.raises(UnknownVoice):
+        library.update("nobody", transcript="Hi.")
+    assert library.get("ivan") == kept
+
+
+def test_concurrent_updates_of_different_fields_both_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without one update at a time, both would read the voice before either writes, and the second write would
+    undo the first."""
+    library = VoiceLibrary(tmp_path, [])
+    library.add("jo", clip(), "Hi.")
+    both_read = threading.Barrier(2)
+    replace_file = library_voices.replace_file
+
+    def replace_when_both_read(path: Path, data: bytes) -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):  # updates one at a time never get both here
+            both_read.wait(timeout=1)
+        replace_file(path, data)
+
+    monkeypatch.setattr(library_voices, "replace_file", replace_when_both_read)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda changes: library.update("jo", **changes), [{"label": "Jo"}, {"description": "warm"}]))
+    voice = VoiceLibrary(tmp_path, []).get("jo")
+    assert (voice.label, voice.description) == ("Jo", "warm")
+
+
+def test_an_update_racing_a_delete_is_a_404_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    library.add("kim", clip(), "Hi.")
+    replace_file = library_voices.replace_file
+
+    def delete_first(path: Path, data: bytes) -> None:
+        library.delete("kim")
+        replace_file(path, data)
+
+    monkeypatch.setattr(library_voices, "replace_file", delete_first)
+    with pytest.raises(UnknownVoice) as gone:
+        library.update("kim", transcript="Changed.")
+    assert as_api_error(gone.value).status == 404
+    assert tree(tmp_path / "voices") == []
+
+
+def test_an_update_on_a_full_disk_is_a_507_and_keeps_the_voice_as_it_was(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "128k") as data_dir:
+        library = VoiceLibrary(data_dir, [])
+        kept = library.add("kept", clip(1.0), "Hi.")
+        before = tree(data_dir)
+        with pytest.raises(VoiceStorageFull) as full:
+            library.update("kept", description="x" * 200_000)
+        assert (as_api_error(full.value).status, full.value.param) == (507, None)
+        assert tree(data_dir) == before
+        assert VoiceLibrary(data_dir, []).get("kept") == kept
+
+
+def test_a_custom_voice_on_a_full_disk_is_a_507_and_leaves_nothing(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "128k") as data_dir:
+        library = VoiceLibrary(data_dir, [])
+        with pytest.raises(VoiceStorageFull):
+            library.add_custom(clip(5.0), "Too long", "", authorisation())
+        assert tree(data_dir / "voices") == []
 
 
 # --- presets from the models file -------------------------------------------------------------------------------

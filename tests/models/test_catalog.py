@@ -13,6 +13,7 @@ from service.lazy_loader import ModelPolicy, UnknownModel
 from service.models.catalog import (
     EMBEDDED_MODEL_ID,
     OPENAI_MODEL_ALIASES,
+    AliasError,
     Catalog,
     ModelSpec,
     NoEditingModel,
@@ -203,3 +204,32 @@ def test_an_edit_naming_no_model_where_none_edits_says_so() -> None:
 
     with pytest.raises(NoEditingModel, match=r"no model on this server edits audio .* \(piper-joe\) only speak text"):
         catalog.editing_model(None)
+
+
+def test_aliases_of_the_models_file_and_the_setting_override_the_published_names() -> None:
+    duo = ModelSpec.create("duo", TONE_ENGINE, {}, ModelPolicy(idle_timeout=300.0), aliases=("tts-1-hd", "duet"))
+    settings = Settings(model_aliases=("gpt-4o-mini-tts=duet", "duet=tone"))
+    catalog = Catalog.from_settings(settings, [duo, tone_spec()])
+    assert catalog.lookup("tts-1").id == EMBEDDED_MODEL_ID
+    assert catalog.lookup("tts-1-hd").id == "duo"
+    # an alias may name another alias: the setting's duet=tone wins over the file, and gpt-4o-mini-tts follows it
+    assert catalog.lookup("duet").id == catalog.lookup("gpt-4o-mini-tts").id == "tone"
+
+
+@pytest.mark.parametrize(
+    ("aliases", "problem"),
+    [
+        (("tts-1=nowhere",), "'nowhere', which is not a model"),
+        (("tone=piper-joe",), "model ids already"),
+        (("a=b", "b=a"), "not a model"),
+    ],
+)
+def test_an_alias_that_names_no_model_or_hides_one_stops_the_start(aliases: tuple[str, ...], problem: str) -> None:
+    with pytest.raises(AliasError, match=problem):
+        Catalog.from_settings(Settings(model_aliases=aliases), [tone_spec()])
+
+
+@pytest.mark.parametrize("pair", ["tts-1", "=tone", "tts-1=", "a=b=c"])
+def test_a_model_aliases_setting_that_is_not_pairs_is_refused(pair: str) -> None:
+    with pytest.raises(ValueError, match="alias=model"):
+        Settings(model_aliases=(pair,))

@@ -97,6 +97,17 @@ def test_file_without_models(tmp_path: Path, text: str) -> None:
         ('id = "noattr"\nengine = "tests.support.engines:NoSuchEngine"\n', "(noattr)", "AttributeError"),
         (f'id = "opts"\nengine = "{TONE_ENGINE}"\noptions = "fast"\n', "(opts)", "'options' must be a table"),
         (f'id = "opts"\nengine = "{TONE_ENGINE}"\noptions = [1, 2]\n', "(opts)", "'options' must be a table"),
+        (
+            f'id = "map"\nengine = "{TONE_ENGINE}"\nopenai_voices = {{ alloy = "nobody" }}\n',
+            "(map)",
+            "not voices of this model",
+        ),
+        (
+            f'id = "map"\nengine = "{TONE_ENGINE}"\nopenai_voices = {{ alice = "tone" }}\n',
+            "(map)",
+            "not OpenAI voice names",
+        ),
+        (f'id = "map"\nengine = "{TONE_ENGINE}"\nopenai_voices = ["tone"]\n', "(map)", "table of voice names"),
         # the engine itself cannot describe these options (no voices: no default voice)
         (f'id = "novoice"\nengine = "{TONE_ENGINE}"\noptions = {{ voices = [] }}\n', "(novoice)", "IndexError"),
     ],
@@ -194,3 +205,20 @@ def test_a_model_may_set_its_own_load_timeout_in_the_models_file(tmp_path: Path)
 def test_a_bad_load_timeout_in_the_models_file_names_the_entry_and_the_key(tmp_path: Path, value: str) -> None:
     with pytest.raises(ModelConfigError, match=r"\(slow-gpu\): 'load_timeout' must be a number of seconds above 0"):
         load_model_config(_models_file(tmp_path, f"load_timeout = {value}"), Settings())
+
+
+def test_openai_voice_names_and_aliases_come_from_the_models_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+[[models]]
+id = "duo"
+engine = "{TONE_ENGINE}"
+aliases = ["tts-1-hd", "duet"]
+options = {{ voices = ["low", "high"] }}
+openai_voices = {{ alloy = "high" }}
+""",
+    )
+    (spec,) = load_model_config(path, Settings())
+    assert spec.aliases == ("tts-1-hd", "duet")
+    assert [spec.voice_for(name) for name in ("alloy", "echo", None, "low")] == ["high", "low", "low", "low"]

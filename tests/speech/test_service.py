@@ -6,13 +6,14 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from anyio.abc import TaskGroup
 
 from service.audio.decode import AudioDecoder
 from service.audio.encode import AudioFormat
 from service.controllers.errors import as_api_error
-from service.engines.base import SynthesisRequest
+from service.engines.base import AudioClip, SynthesisRequest
 from service.errors import InvalidRequest
 from service.lazy_loader import LazyLoader, ModelPolicy, UnknownModel
 from service.library.voices import VoiceLibrary
@@ -21,7 +22,7 @@ from service.metrics import Metrics
 from service.models.catalog import Catalog, ModelSpec
 from service.settings import Settings
 from service.speech.planner import SpeechPlan, parse_keep_alive
-from service.speech.schema import SpeechRequest
+from service.speech.schema import SpeechRequest, VoiceReference
 from service.speech.service import SpeechService
 from tests.support.engines import TONE_ENGINE
 
@@ -112,15 +113,25 @@ async def _never_launch(model: str, task_group: TaskGroup) -> SpeechWorker:
     raise AssertionError(f"planning must not start a worker ({model})")
 
 
-def service(max_input_chars: int = 100) -> SpeechService:
+def service(
+    max_input_chars: int = 100, *, ignore_unsupported_instructions: bool = True, voices: VoiceLibrary | None = None
+) -> SpeechService:
     tone = ModelSpec.create(
         "tone", TONE_ENGINE, {"sample_rate": 16000, "voices": ["low", "high"]}, ModelPolicy(idle_timeout=300.0)
     )
     catalog = Catalog.from_settings(Settings(), [tone])
     loader: LazyLoader[SpeechWorker] = LazyLoader({}, _never_launch)
-    voices = VoiceLibrary(Path(tempfile.mkdtemp()), [])
+    voices = voices or VoiceLibrary(Path(tempfile.mkdtemp()), [])
     decoder = AudioDecoder(24000, max_seconds=30, max_bytes=1 << 20, url_prefixes=())
-    return SpeechService(catalog, loader, Metrics(), voices, decoder, max_input_chars)
+    return SpeechService(
+        catalog,
+        loader,
+        Metrics(),
+        voices,
+        decoder,
+        max_input_chars,
+        ignore_unsupported_instructions=ignore_unsupported_instructions,
+    )
 
 
 def synthesis(plan: SpeechPlan) -> SynthesisRequest:
@@ -173,8 +184,6 @@ async def test_pcm_defaults_to_24khz() -> None:
         (SpeechRequest(model="tone", input="   "), "input", "invalid_value"),
         (SpeechRequest(model="tone", input="x" * 101), "input", "string_above_max_length"),
         (SpeechRequest(model="tone", input="Hi", voice="joe"), "voice", "invalid_value"),
-        (SpeechRequest(model="tone", input="Hi", instructions="whisper"), "instructions", "unsupported_value"),
-        (SpeechRequest(model="tone", input="Hi", response_format="aac"), "response_format", "unsupported_value"),
         (SpeechRequest(model="tone", input="Hi", keep_alive="forever"), "keep_alive", "invalid_value"),
     ],
 )
@@ -184,6 +193,30 @@ async def test_plan_rejects(request_: SpeechRequest, param: str, code: str) -> N
 
     assert as_api_error(raised.value).status == 400
     assert (raised.value.param, raised.value.code) == (param, code)
+
+
+async def test_instructions_a_model_cannot_follow_are_ignored_and_said_so_by_default() -> None:
+    plan = await service().planner.plan(SpeechRequest(model="tone", input="Hi", instructions="whisper"))
+    assert plan.ignored_fields == ("instructions",)
+    assert synthesis(plan).instructions is None
+
+
+async def test_instructions_a_model_cannot_follow_are_refused_when_set_to_refuse() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        await service(ignore_unsupported_instructions=False).planner.plan(
+            SpeechRequest(model="tone", input="Hi", instructions="whisper")
+        )
+    assert (raised.value.param, raised.value.code) == ("instructions", "unsupported_value")
+
+
+async def test_a_library_voice_on_a_model_that_cannot_clone_is_a_400_that_says_so() -> None:
+    voices = VoiceLibrary(Path(tempfile.mkdtemp()), [])
+    voices.add("narrator", AudioClip(np.zeros(24000, np.float32), 24000), "Hello.")
+    with pytest.raises(InvalidRequest, match="cannot clone") as raised:
+        await service(voices=voices).planner.plan(
+            SpeechRequest(model="tone", input="Hi", voice=VoiceReference("narrator"))
+        )
+    assert raised.value.param == "voice"
 
 
 async def test_plan_accepts_input_at_the_limit() -> None:

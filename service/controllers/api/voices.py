@@ -3,10 +3,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import anyio
-from litestar import Controller, Response, delete, get, post
+import msgspec
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
-from litestar.params import FromPath, MultipartBody
+from litestar.params import FromPath, JSONBody, MultipartBody
 
 from service.controllers.openapi import error_responses
 from service.controllers.schemas import VoiceBody, VoiceDeleted, VoiceList
@@ -23,6 +24,14 @@ class VoiceUpload:
     audio: UploadFile
     locale: str | None = None
     gender: str | None = None
+    description: str | None = None
+
+
+class VoiceChanges(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What to change of a voice; fields left out (or null) stay as they are."""
+
+    transcript: str | None = None
+    label: str | None = None
     description: str | None = None
 
 
@@ -61,6 +70,17 @@ class VoicesController(Controller):
         """The voice's reference clip as WAV."""
         voice = await anyio.to_thread.run_sync(voices.get, name)
         return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
+
+    @patch("/{name:str}", operation_id="updateVoice", responses=error_responses(400, 403, 404, 409, 413, 507))
+    async def update_voice(
+        self, voices: NamedDependency[VoiceLibrary], name: FromPath[str], data: JSONBody[VoiceChanges]
+    ) -> VoiceBody:
+        """Change an uploaded voice's `transcript` (e.g. give a custom voice made without one what its clip
+        says, which cloning needs), `label` or `description` (empty removes it); presets are read-only."""
+        voice = await anyio.to_thread.run_sync(
+            lambda: voices.update(name, data.transcript, data.label, data.description)
+        )
+        return VoiceBody.of(voice)
 
     @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 403, 404, 409))
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> VoiceDeleted:
