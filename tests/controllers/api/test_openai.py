@@ -326,7 +326,6 @@ async def test_instructions_are_refused_when_the_server_is_set_to_refuse(
     async with make_client(Settings(data_dir=tmp_path / "data", unsupported_instructions="refuse")) as client:
         response = await client.post("/v1/audio/speech", json=speech(instructions="Be calm."))
         assert response.status_code == 400
-        validate("ErrorResponse", response.json())
         assert response.json()["error"]["param"] == "instructions"
         assert client.loader.state("piper-joe") is SlotState.UNLOADED
 
@@ -354,6 +353,7 @@ async def test_model_list_and_model_match_the_published_schemas(client: AppClien
         validate("Model", (await client.get(f"/v1/models/{entry['id']}")).json())
 
 
+@pytest.mark.skipif(reference() is None, reason=f"no OpenAI reference document ({REFERENCE_ENV})")
 async def test_every_error_matches_the_published_error_response(make_client: ClientFactory, tmp_path: Any) -> None:
     async with make_client(Settings(data_dir=tmp_path / "data", api_keys=("secret",))) as client:
         key = {"Authorization": "Bearer secret"}
