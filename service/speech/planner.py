@@ -19,7 +19,7 @@ from service.errors import InvalidRequest
 from service.library.voices import VoiceError, VoiceLibrary
 from service.models.catalog import Catalog, ModelSpec
 from service.speech.instructions import check_edit, edits_from_instructions, speed_edit
-from service.speech.schema import SpeechRequest, VoiceReference
+from service.speech.schema import SpeechRequest
 from service.speech.step_audio_compat import step_audio_work
 
 log = structlog.get_logger("service.speech.planner")
@@ -153,7 +153,7 @@ class SpeechPlanner:
     async def _own_voice(self, spec: ModelSpec, request: SpeechRequest) -> SynthesisRequest:
         """A request for an engine with voices of its own (Piper's speakers)."""
         capabilities = spec.capabilities
-        voice = spec.voice_for(request.voice.id if isinstance(request.voice, VoiceReference) else request.voice)
+        voice = spec.voice_for(request.voice_name)
         if voice not in capabilities.voices:
             if voice in await anyio.to_thread.run_sync(self._voices.names):
                 raise InvalidRequest(
@@ -183,7 +183,7 @@ class SpeechPlanner:
         speed = speed_edit(request.speed, options)
         label = "reference"
         if reference is None:
-            label = spec.voice_for(request.voice.id if isinstance(request.voice, VoiceReference) else request.voice)
+            label = spec.voice_for(request.voice_name)
             if not label:
                 raise InvalidRequest(
                     f"model {spec.id!r} speaks in a cloned voice: set voice to a voice of the library "

@@ -70,3 +70,8 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     ] = None
     step_audio: StepAudioExtension | None = None
     metadata: dict[str, str] | None = None
+
+    @property
+    def voice_name(self) -> str | None:
+        """The voice asked for, in either of OpenAI's forms (a name or `{"id": ...}`)."""
+        return self.voice.id if isinstance(self.voice, VoiceReference) else self.voice
