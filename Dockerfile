@@ -61,6 +61,8 @@ COPY README.md LICENSE ./
 COPY service ./service
 COPY templates ./templates
 COPY static ./static
+# the operator's guide the UI links to (/guide/<doc>, served from docs/*.md)
+COPY docs ./docs
 # The web UI's third-party files (static/vendor/, git-ignored) come from the UI's own install script, which does
 # nothing when the build context already has them; a checkout without that script has none to fetch.
 COPY scripts ./scripts

@@ -5,7 +5,12 @@ seconds, GPU memory while loaded and GPU memory after unload as nvidia-smi shows
     python scripts/gpu_check.py --out gpu_check.json            # on a machine with an NVIDIA GPU
     python scripts/gpu_check.py --device cpu --layers 2         # the same flow on a CPU, as a smoke test
 
-The goal it checks: once a model is unloaded, no process of the service holds any GPU memory.
+What it checks, each a field of the JSON and a line of the summary:
+- a worker's GPU memory after unload is 0 MiB: its process is gone (`zero_after_unload`, per model);
+- a warm spare with its imports done holds 0 MiB of GPU memory, nvidia-smi does not list it (`spare.zero_gpu`);
+- a cold start (POST /v1/audio/speech right after an unload) with a warm spare and, on a second server with
+  WARM_SPARES off, without one (`cold_with_spare`, `cold_without_spare`);
+- a bitsandbytes 4-bit load (the `gpu-check-4bit` model; not on --device cpu).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +102,44 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def wait_for_spare(client: httpx.Client, model: str, timeout: float = 600) -> dict[str, Any]:
+    """The model's warm-spare figures once one is ready (its imports done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        spares = client.get(f"/api/v1/models/{model}/status").json().get("warm_spares")
+        if spares and spares["ready"]:
+            return dict(spares)
+        time.sleep(0.2)
+    raise SystemExit(f"no warm spare for {model} within {timeout} s")
+
+
+def check_spare(client: httpx.Client, model: str) -> dict[str, Any]:
+    """A ready spare's GPU memory as nvidia-smi lists it (absent: 0 MiB)."""
+    spares = wait_for_spare(client, model)
+    smi = nvidia_smi()
+    held = {pid: (smi or {"processes": {}})["processes"].get(pid, 0) for pid in spares["pids"]}
+    return {"status": spares, "nvidia_smi_mib": held, "zero_gpu": smi is not None and not any(held.values())}
+
+
+def cold_start(client: httpx.Client, model: str, *, with_spare: bool) -> dict[str, Any]:
+    """One speech request right after an unload: with a ready spare (waited for) or on a server without spares."""
+    spare_pids = wait_for_spare(client, model)["pids"] if with_spare else []
+    client.post(f"/api/v1/models/{model}/unload", timeout=120).raise_for_status()
+    started = time.perf_counter()
+    speech = client.post(
+        "/v1/audio/speech", json={"model": model, "input": TEXT, "response_format": "wav"}, timeout=900
+    )
+    seconds = time.perf_counter() - started
+    pid = client.get(f"/api/v1/models/{model}/status").json()["pid"]
+    client.post(f"/api/v1/models/{model}/unload", timeout=120)
+    return {
+        "speech_status": speech.status_code,
+        "request_seconds": round(seconds, 3),
+        "load_seconds": speech.headers.get("x-model-load-seconds"),
+        "took_the_spare": pid in spare_pids,
+    }
+
+
 def check_model(client: httpx.Client, model: str, server_pid: int) -> dict[str, Any]:
     started = time.perf_counter()
     loaded = client.post(f"/api/v1/models/{model}/load", timeout=900)
@@ -133,6 +178,52 @@ def check_model(client: httpx.Client, model: str, server_pid: int) -> dict[str, 
     }
 
 
+@contextmanager
+def serve(config: Path, workdir: Path, warm_spares: str, exit_codes: list[int]) -> Iterator[tuple[httpx.Client, int]]:
+    """`python -m service` with the models file and these warm spares, once it answers /readyz; then SIGTERM (its
+    exit code goes into `exit_codes`)."""
+    port = free_port()
+    log = (workdir / f"server-{port}.log").open("wb")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "--port",
+            str(port),
+            "--models-config",
+            str(config),
+            "--log-format",
+            "json",
+            "--data-dir",
+            str(workdir / "data"),
+            "--warm-spares",
+            warm_spares,
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(f"server did not start; log in {log.name}")
+                time.sleep(0.2)
+            yield client, server.pid
+    finally:
+        server.send_signal(signal.SIGTERM)
+        exit_codes.append(server.wait(timeout=60))
+        log.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
@@ -164,52 +255,22 @@ def main() -> int:
         )
     )
 
-    port = free_port()
-    log = (workdir / "server.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--port",
-            str(port),
-            "--models-config",
-            str(config),
-            "--log-format",
-            "json",
-            "--data-dir",
-            str(workdir / "data"),
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=os.environ.copy(),
-    )
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "parameters": parameters,
         "device": args.device,
         "before": nvidia_smi(),
         "models": [],
+        "server_exit_codes": [],
     }
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"server did not start; log in {workdir / 'server.log'}")
-                time.sleep(0.2)
-            for name, _ in entries:
-                results["models"].append(check_model(client, name, server.pid))
-    finally:
-        server.send_signal(signal.SIGTERM)
-        results["server_exit_code"] = server.wait(timeout=60)
-        log.close()
+    first = entries[0][0]
+    with serve(config, workdir, "transformers=1", results["server_exit_codes"]) as (client, server_pid):
+        results["spare"] = check_spare(client, first)
+        results["cold_with_spare"] = cold_start(client, first, with_spare=True)
+        for name, _ in entries:
+            results["models"].append(check_model(client, name, server_pid))
+    with serve(config, workdir, "transformers=0", results["server_exit_codes"]) as (client, _):
+        results["cold_without_spare"] = cold_start(client, first, with_spare=False)
     results["after_shutdown"] = nvidia_smi()
     text = json.dumps(results, indent=2)
     if args.out:
@@ -223,7 +284,14 @@ def main() -> int:
             f"{None if gpu is None else round(gpu / 2**20)} MiB, service processes holding GPU after unload: "
             f"{model.get('service_processes_holding_gpu_after_unload')}"
         )
-    return 0 if all(model.get("zero_after_unload") for model in results["models"]) else 1
+    spare = results["spare"]
+    print(f"warm spare {spare['status']['pids']}: GPU {spare['nvidia_smi_mib']} MiB, zero: {spare['zero_gpu']}")
+    for side in ("cold_with_spare", "cold_without_spare"):
+        cold = results[side]
+        took = cold["took_the_spare"]
+        print(f"{side}: {cold['request_seconds']} s (load {cold['load_seconds']} s, took a spare: {took})")
+    zero = all(model.get("zero_after_unload") for model in results["models"])
+    return 0 if zero and (spare["zero_gpu"] or args.device == "cpu") else 1
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Run once from the repository root after `make test` installed Chromium and htmx:
 
 It starts `python -m service` on a free port with a Step-Audio-EditX stand-in (tests/support/step_audio_standin.py:
 a fake checkout that answers with tones, so the Clone & edit page has a real history without a GPU), makes some
-speech, a voice library and an edit history through the pages themselves, and photographs each page in headless
-Chromium. The voices are the embedded Piper voice's own speech.
+speech, a voice library with a voice consent and an edit history through the pages themselves, and photographs each
+page in headless Chromium; the Clone & edit page is also photographed on the first server, which has no editing model
+(edit-cpu-only.png). The voices are the embedded Piper voice's own speech.
 """
 
 from __future__ import annotations
@@ -111,7 +112,12 @@ def write_config(work: Path) -> Path:
 
 
 def voices_page(page: Page, base: str, clip: Path) -> None:
+    """The library with an uploaded voice and a voice consent (its recording uploaded through the consent form)."""
     page.goto(f"{base}/voices")
+    page.fill("#consent-name", "Guide, the speaker")
+    page.set_input_files("#consent-recording", str(clip))
+    page.click("#consent-form button[type=submit]")
+    expect(page.locator("[data-consent-id]")).to_be_visible()
     page.fill("#voice-name", "guide")
     page.set_input_files("#voice-audio", str(clip))
     page.fill("#voice-transcript", GUIDE_TEXT)
@@ -145,10 +151,24 @@ def edit_page(page: Page, base: str) -> None:
     shoot(page, "edit")
 
 
-def models_page(page: Page, base: str, name: str) -> None:
+def models_page(page: Page, base: str, name: str, settings: bool = False) -> None:
     page.goto(f"{base}/models")
     expect(page.locator('tr[data-model="piper-joe"] [data-field=state]')).to_have_text("loaded")
+    if settings:
+        page.click("#settings-piper-joe")
+        expect(page.locator("#settings-form")).to_be_visible()
     shoot(page, name)
+
+
+def cpu_only_edit_page(base: str) -> None:
+    """Clone & edit on a server without an editing model: what is missing and what works meanwhile."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=DESKTOP, color_scheme="light")
+        page.goto(f"{base}/edit")
+        expect(page.locator("[data-notice=no-cloning]")).to_be_visible()
+        shoot(page, "edit-cpu-only")
+        browser.close()
 
 
 def photograph(base: str, work: Path) -> None:
@@ -160,7 +180,7 @@ def photograph(base: str, work: Path) -> None:
         voices_page(page, base, work / "guide.wav")
         speak_page(page, base, "Hello! This is the speech server, speaking to you from one port.", "speak")
         edit_page(page, base)
-        models_page(page, base, "models")
+        models_page(page, base, "models", settings=True)
         light.close()
         dark = browser.new_context(viewport=DESKTOP, color_scheme="dark")
         models_page(dark.new_page(), base, "models-dark")
@@ -182,6 +202,7 @@ def main() -> None:
         process, base = start([], work / "seed-data", log)
         (work / "narrator.wav").write_bytes(speech(base, NARRATOR_TEXT))
         (work / "guide.wav").write_bytes(speech(base, GUIDE_TEXT))
+        cpu_only_edit_page(base)
         stop(process)
         process, base = start(["--models-config", str(write_config(work))], work / "data", log)
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import litestar_offline_docs
@@ -31,23 +32,30 @@ from service.controllers.api.models import ModelsController
 from service.controllers.api.openai import OpenAIController
 from service.controllers.api.voices import VoicesController
 from service.controllers.errors import EXCEPTION_HANDLERS, NestingSafeRequest
+from service.controllers.openapi import API_DESCRIPTION
 from service.controllers.pages.edit import EditPagesController
+from service.controllers.pages.guide import GuidePagesController
 from service.controllers.pages.login import LoginController
 from service.controllers.pages.models import ModelPagesController
 from service.controllers.pages.speak import PagesController
 from service.controllers.pages.voices import VoicePagesController
 from service.controllers.stream_guard import stream_guard
-from service.lazy_loader import LazyLoader, WorkerLauncher
+from service.lazy_loader import LazyLoader, Placement, WorkerLauncher
 from service.library.consents import ConsentStore
 from service.library.voices import VoiceLibrary
-from service.lifecycle.worker_client import SpeechWorker, WorkerProcess, WorkerSpec, scratch_environment, sweep_scratch
+from service.lifecycle.ray_request import on_ray
+from service.lifecycle.spares import SparePool
+from service.lifecycle.worker_client import OFFLINE, SpeechWorker, WorkerSpec, scratch_environment, sweep_scratch
 from service.lifecycle.worker_client import probe as probe_worker
 from service.metrics import Metrics
 from service.models.admin import ModelAdmin
 from service.models.catalog import Catalog, ModelSpec
 from service.models.config import load_model_config, load_voice_presets
-from service.settings import PROJECT_ROOT, Settings, api_keys
+from service.settings import PROJECT_ROOT, Settings, api_keys, warm_spares_by_engine
 from service.speech.service import SpeechService
+
+if TYPE_CHECKING:
+    from service.lifecycle.ray_backend import RayBackend
 
 log = structlog.get_logger("service.app")
 
@@ -63,6 +71,8 @@ def _openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="Speech server",
         version=__version__,
+        description=API_DESCRIPTION,
+        use_handler_docstrings=True,
         path="/docs",
         render_plugins=[
             SwaggerRenderPlugin(
@@ -75,6 +85,17 @@ def _openapi_config() -> OpenAPIConfig:
             JsonRenderPlugin(path="/openapi.json"),
         ],
     )
+
+
+def ray_backend(settings: Settings) -> RayBackend | None:
+    """The Ray backend when RAY_ADDRESS is set; Ray is an optional extra, imported only then."""
+    if not settings.ray_address:
+        return None
+    try:
+        from service.lifecycle.ray_backend import RayBackend  # noqa: PLC0415 (the `ray` extra, only where it is used)
+    except ImportError as error:
+        raise ValueError(f"--ray-address / RAY_ADDRESS needs the `ray` extra (uv sync --extra ray): {error}") from error
+    return RayBackend(settings.ray_address, settings.capacity_wait)
 
 
 async def probe_engine(catalog: Catalog, spec: WorkerSpec, model_ids: list[str]) -> None:
@@ -114,8 +135,25 @@ def create_app(
             max_buffered_bytes=settings.max_stream_buffer_bytes,
         )
 
-    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
-        return await WorkerProcess.spawn(worker_spec(catalog.get(model)), task_group)
+    by_engine = warm_spares_by_engine(settings)
+
+    def spares_for(spec: ModelSpec) -> int:
+        return by_engine.get(spec.engine, 0) if spec.warm_spares is None else spec.warm_spares
+
+    # warm spares live below the default launcher only: a test's own launcher gets none, nor does the Ray backend
+    cluster = ray_backend(settings)
+    default_launcher = launcher is None and cluster is None
+    spares = SparePool(
+        {spec.id: (worker_spec(spec), spares_for(spec)) for spec in catalog.servable() if default_launcher}
+    )
+
+    async def launch(model: str, placement: Placement, task_group: TaskGroup) -> SpeechWorker:
+        spec = catalog.get(model)
+        if cluster is not None:
+            # the actor's node has folders of its own: it gets the model's variables, not this server's scratch
+            on_cluster = replace(worker_spec(spec), environment={**OFFLINE, **spec.environment})
+            return await cluster.launch(spec.placed(on_cluster, on_ray(placement)), spec.ray, placement, task_group)
+        return await spares.launch(spec.placed(worker_spec(spec), placement), task_group)
 
     loader: LazyLoader[SpeechWorker] = LazyLoader(
         catalog.policies(),
@@ -129,7 +167,8 @@ def create_app(
     )
     metrics = Metrics()
     metrics.watch(loader)
-    admin = ModelAdmin(catalog, loader)
+    metrics.watch_spares(spares)
+    admin = ModelAdmin(catalog, loader, spares)
     voices = VoiceLibrary(settings.data_dir, presets)
     consents = ConsentStore(settings.data_dir, voices)
     keys = KeyRing(api_keys(settings))
@@ -158,7 +197,11 @@ def create_app(
         for model, reason in catalog.unavailable.items():
             log.warning("model_unavailable", model=model, reason=reason)
         async with anyio.create_task_group() as task_group:
-            async with loader.running(settings.shutdown_grace):
+            async with (
+                spares.running(),
+                cluster.running() if cluster else nullcontext(),
+                loader.running(settings.shutdown_grace),
+            ):
                 task_group.start_soon(shut_down_when_requested)
                 for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
                     task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
@@ -174,6 +217,7 @@ def create_app(
             EditPagesController,
             VoicePagesController,
             ModelPagesController,
+            GuidePagesController,
             HealthController,
             ModelsController,
             OpenAIController,

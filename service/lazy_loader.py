@@ -1,24 +1,29 @@
-"""Model slots: lazy, single-flight loading into worker processes, leases, idle reaping, eviction and unloads.
+"""Model slots: lazy, single-flight loading into worker processes, replicas, leases, idle reaping, eviction and
+unloads.
 
-Knows nothing of HTTP or of any ML framework: a slot holds a `Worker` that a launcher started, and every
-request holds a `Lease` on the slot for its whole duration. State machine per slot:
+Knows nothing of HTTP or of any ML framework: a model's slot holds up to `replicas_max` replicas, each a `Worker`
+that a launcher started for the replica's `Placement`, and every request holds a `Lease` on one replica for its
+whole duration. State machine per replica:
 
-    unloaded -> loading -> loaded -> unloading -> unloaded        (loading -> failed -> loading on retry)
+    loading -> loaded -> unloading -> (gone)        (loading -> gone on a failure, a timeout or an unload)
 
-A load that runs past its timeout, or is unloaded while it runs, is called off: its worker is ended and the slot
-goes `failed` (timeout) or `unloaded` (unload). What fits, what to evict and when an idle slot unloads are decided
-by the pure functions of `service.lifecycle.policy`, from a `SlotView` of each slot.
+and the model's state is their aggregate (loaded while any replica is, else loading, unloading, failed or unloaded).
+A load that runs past its timeout, or is unloaded while it runs, is called off: its worker is ended and the model
+goes `failed` (timeout) or `unloaded` (unload) unless another replica is up. What fits, what to evict, when an idle
+replica unloads and when one more loads are decided by the pure functions of `service.lifecycle.policy`, from a
+`SlotView` of each slot.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 import anyio
 import structlog
@@ -27,13 +32,19 @@ from anyio.abc import TaskGroup
 from service.lifecycle.memory import MemoryUsage
 from service.lifecycle.policy import (
     Capacity,
+    Deadline,
     ModelPolicy,
+    Placement,
     SlotState,
     SlotView,
     UnloadReason,
     eviction_candidate,
     has_room,
     idle_deadline,
+    model_deadline,
+    placement,
+    replica_deadlines,
+    wants_replica,
 )
 
 __all__ = [
@@ -46,7 +57,10 @@ __all__ = [
     "LoadFailed",
     "ModelPolicy",
     "ModelUnavailable",
+    "Placement",
     "QueueFull",
+    "ReplicaReport",
+    "ReplicaSnapshot",
     "ShuttingDown",
     "SlotSnapshot",
     "SlotState",
@@ -63,6 +77,8 @@ EVENT_HISTORY = 200
 REAPER_RETRY_SECONDS = 1.0
 # Retry-After for a load that failed while the next request may try again at once
 LOAD_RETRY_SECONDS = 1.0
+# where a worker runs when its launcher does not say (a launcher's worker may carry a `node` of its own)
+LOCAL_NODE = platform.node() or "local"
 
 
 class LifecycleEvent(StrEnum):
@@ -94,7 +110,8 @@ _FAILURES = frozenset(
 
 @dataclass(frozen=True)
 class EventRecord:
-    """One lifecycle event: when it happened (wall clock), what, to which model, and its figures."""
+    """One lifecycle event: when it happened (wall clock), what, to which model, and its figures (`replica`: the
+    replica's index, for events of one replica)."""
 
     time: float
     event: LifecycleEvent
@@ -128,8 +145,30 @@ class Worker(Protocol):
         ...
 
 
+@runtime_checkable
+class ReportsLoadStage(Protocol):
+    """A worker that reports its load's stage: (name, wall-clock time it began), None before the first."""
+
+    @property
+    def load_stage(self) -> tuple[str, float] | None: ...
+
+
+@runtime_checkable
+class ReportsNode(Protocol):
+    """A worker whose launcher placed it on a machine of its choosing (another backend than local processes)."""
+
+    @property
+    def node(self) -> str: ...
+
+
 W = TypeVar("W", bound=Worker)
-WorkerLauncher = Callable[[str, TaskGroup], Awaitable[W]]
+# starts one replica of a model where its placement says, its background tasks in the loader's task group
+WorkerLauncher = Callable[[str, Placement, TaskGroup], Awaitable[W]]
+
+
+def node_of(worker: Worker) -> str:
+    """The machine a worker runs on: the one it reports, else this one."""
+    return worker.node if isinstance(worker, ReportsNode) else LOCAL_NODE
 
 
 class UnknownModel(LookupError):
@@ -184,22 +223,79 @@ class ShuttingDown(ModelUnavailable):
 
 
 @dataclass(frozen=True)
+class ReplicaReport:
+    """One replica ended by an unload: its worker, where it ran, and the memory it held just before."""
+
+    index: int
+    pid: int | None
+    node: str
+    device: str | None
+    exit_code: int | None
+    freed_rss_bytes: int | None
+    freed_gpu_bytes: int | None
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    """The sum of the values known; None when none is."""
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
+
+
+@dataclass(frozen=True)
 class UnloadReport:
+    """What an unload did: the model's figures as one worker's (the first replica's pid and exit code, the memory
+    of all), and each replica it ended."""
+
     model: str
     previous_state: SlotState
     state: SlotState
     reason: UnloadReason | None
     requests_drained: int
-    pid: int | None
-    worker_exited: bool
-    exit_code: int | None
-    freed_rss_bytes: int | None
-    freed_gpu_bytes: int | None
     seconds: float
+    replicas: tuple[ReplicaReport, ...] = ()
+
+    @property
+    def worker_exited(self) -> bool:
+        return bool(self.replicas)
+
+    @property
+    def pid(self) -> int | None:
+        return self.replicas[0].pid if self.replicas else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.replicas[0].exit_code if self.replicas else None
+
+    @property
+    def freed_rss_bytes(self) -> int | None:
+        return _total(replica.freed_rss_bytes for replica in self.replicas)
+
+    @property
+    def freed_gpu_bytes(self) -> int | None:
+        return _total(replica.freed_gpu_bytes for replica in self.replicas)
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    index: int
+    state: SlotState
+    pid: int | None
+    node: str
+    device: str | None
+    threads: int | None
+    in_flight: int
+    served: int
+    idle_since: float | None  # wall clock, while loaded and serving nothing
+    seconds_until_unload: float | None
+    load_seconds: float | None
+    memory: MemoryUsage | None
 
 
 @dataclass(frozen=True)
 class SlotSnapshot:
+    """A model's state; the single-worker fields are aggregates over its replicas (pid: the first replica's;
+    memory: the sum; seconds_until_unload: until the last replica goes), `replicas` has each one."""
+
     model: str
     state: SlotState
     policy: ModelPolicy
@@ -218,6 +314,8 @@ class SlotSnapshot:
     consecutive_failures: int = 0
     retry_in: float | None = None
     load_started_at: float | None = None  # wall clock, while loading
+    load_stage: tuple[str, float] | None = None  # the worker's stage and when it began (wall clock), while loading
+    replicas: tuple[ReplicaSnapshot, ...] = ()
 
     @property
     def loaded(self) -> bool:
@@ -235,83 +333,144 @@ class _LoadAttempt(Generic[W]):
 
 
 @dataclass
+class _Replica(Generic[W]):
+    """One worker of a model, from the start of its load until it has ended."""
+
+    placement: Placement
+    scale_out: bool  # loaded beside another replica: it neither evicts nor waits for room
+    attempt: _LoadAttempt[W] = field(default_factory=_LoadAttempt)
+    state: SlotState = SlotState.LOADING
+    worker: W | None = None
+    launching: bool = False
+    busy: bool = False
+    served: int = 0  # requests handed to it
+    idle_since: float = 0.0
+    loaded_at: float = 0.0
+    load_seconds: float | None = None
+    load_started_at: float | None = None
+    memory: MemoryUsage | None = None
+
+    @property
+    def index(self) -> int:
+        return self.placement.index
+
+    @property
+    def process(self) -> W | None:
+        """The worker loaded, or the one loading."""
+        return self.attempt.worker if self.worker is None else self.worker
+
+    def memory_bytes(self) -> int:
+        if self.memory is None:
+            return 0
+        return (self.memory.rss_bytes or 0) + (self.memory.gpu_bytes or 0)
+
+
+@dataclass
+class _Waiter(Generic[W]):
+    """A request (or a manual load) waiting: for a replica to be handed to it, or for the failure that ends the
+    wait. `admitted`: it came while the model served and no drain had begun, so a drain lets it run first."""
+
+    arrived: float
+    replica: _Replica[W] | None = None
+    error: ModelUnavailable | None = None
+    admitted: bool = False
+
+
+@dataclass
 class _Slot(Generic[W]):
     model: str
     policy: ModelPolicy
-    turns: anyio.Semaphore
-    state: SlotState = SlotState.UNLOADED
-    worker: W | None = None
-    attempt: _LoadAttempt[W] | None = None
-    launching: bool = False
+    replicas: list[_Replica[W]] = field(default_factory=list)
+    queue: deque[_Waiter[W]] = field(default_factory=deque)
+    loads: list[_Waiter[W]] = field(default_factory=list)  # manual loads waiting: they take no replica
+    failed: bool = False
     drains: int = 0
-    waiting: int = 0
-    admitted: int = 0
     running: int = 0
     keep_alive: float | None = None
-    idle_since: float = 0.0
     last_used: float = 0.0
     loads_total: int = 0
     last_load_seconds: float | None = None
-    load_started_at: float | None = None
     last_unload_reason: UnloadReason | None = None
     last_error: str | None = None
-    last_memory: MemoryUsage | None = None
+    replica_bytes: int = 0  # the last measured replica's RSS + GPU memory
     failures: int = 0
     retry_not_before: float = 0.0
     hold_seconds: float = 0.0
     unloads: Counter[str] = field(default_factory=Counter)
     changed: anyio.Event = field(default_factory=anyio.Event)
 
+    def in_state(self, state: SlotState) -> list[_Replica[W]]:
+        return sorted((replica for replica in self.replicas if replica.state is state), key=lambda r: r.index)
+
+    @property
+    def state(self) -> SlotState:
+        for state in (SlotState.LOADED, SlotState.LOADING, SlotState.UNLOADING):
+            if any(replica.state is state for replica in self.replicas):
+                return state
+        return SlotState.FAILED if self.failed else SlotState.UNLOADED
+
+    @property
+    def serving(self) -> bool:
+        """Whether a replica is loaded or loading (what a waiter may still get)."""
+        return any(replica.state in (SlotState.LOADED, SlotState.LOADING) for replica in self.replicas)
+
+    @property
+    def admitted(self) -> int:
+        """Requests a drain lets finish first: those generating and those admitted while they wait."""
+        return self.running + sum(1 for waiter in self.queue if waiter.admitted)
+
     @property
     def idle(self) -> bool:
-        return self.admitted == 0 and self.waiting == 0 and self.drains == 0
+        return not self.queue and self.running == 0 and self.drains == 0
 
-    @property
-    def queued(self) -> int:
-        return self.waiting + self.admitted - self.running
-
-    @property
-    def process(self) -> W | None:
-        """The worker loaded, or the one loading."""
-        if self.worker is None and self.state is SlotState.LOADING and self.attempt is not None:
-            return self.attempt.worker
-        return self.worker
-
-    def memory_estimate(self) -> int:
-        if self.last_memory is None:
-            return 0
-        return (self.last_memory.rss_bytes or 0) + (self.last_memory.gpu_bytes or 0)
+    def free(self) -> list[_Replica[W]]:
+        """Loaded replicas serving no request, by index."""
+        return [replica for replica in self.in_state(SlotState.LOADED) if not replica.busy]
 
     def view(self) -> SlotView:
+        occupied = [
+            replica
+            for replica in self.replicas
+            if replica.state in (SlotState.LOADED, SlotState.UNLOADING) or replica.launching
+        ]
         return SlotView(
             model=self.model,
             state=self.state,
             policy=self.policy,
             keep_alive=self.keep_alive,
-            launching=self.launching,
+            replicas=len(self.replicas),
+            occupied=len(occupied),
+            loaded=len(self.in_state(SlotState.LOADED)),
+            loading=len(self.in_state(SlotState.LOADING)),
+            free_since=tuple(replica.idle_since for replica in self.free()),
+            waiting=len(self.queue),
             idle=self.idle,
-            idle_since=self.idle_since,
+            draining=self.drains > 0,
             last_used=self.last_used,
-            memory_bytes=self.memory_estimate(),
+            memory_bytes=sum(replica.memory_bytes() or self.replica_bytes for replica in occupied),
+            replica_bytes=self.replica_bytes,
         )
 
 
 class Lease(Generic[W]):
-    """A request's hold on a loaded model: while any lease is held, nothing unloads it."""
+    """A request's hold on one loaded replica: while any lease is held, nothing unloads that replica."""
 
     def __init__(
         self,
         loader: LazyLoader[W],
         slot: _Slot[W],
-        worker: W,
+        replica: _Replica[W],
         load_seconds: float | None,
         queued_seconds: float,
         started: float,
     ) -> None:
+        assert replica.worker is not None
         self._loader = loader
         self._slot = slot
-        self.worker = worker
+        self._replica = replica
+        self.worker: W = replica.worker
         self.model = slot.model
+        self.replica = replica.index
         self.load_seconds = load_seconds
         self.queued_seconds = queued_seconds
         self.started = started
@@ -319,13 +478,13 @@ class Lease(Generic[W]):
 
     @property
     def cold(self) -> bool:
-        """Whether this request had to wait for the model to load."""
+        """Whether this request had to wait for its replica to load."""
         return self.load_seconds is not None
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._loader._release(self._slot, anyio.current_time() - self.started)
+            self._loader._release(self._slot, self._replica, anyio.current_time() - self.started)
 
 
 class LazyLoader(Generic[W]):
@@ -342,9 +501,7 @@ class LazyLoader(Generic[W]):
         max_load_backoff: float = 60.0,
         load_timeout: float = 300.0,
     ) -> None:
-        self._slots: dict[str, _Slot[W]] = {
-            model: _Slot(model, model_policy, anyio.Semaphore(1)) for model, model_policy in policies.items()
-        }
+        self._slots: dict[str, _Slot[W]] = {model: _Slot(model, policy) for model, policy in policies.items()}
         self._launcher = launcher
         self._capacity = Capacity(max_loaded, memory_budget_bytes)
         self._capacity_wait = capacity_wait
@@ -365,14 +522,15 @@ class LazyLoader(Generic[W]):
 
     @asynccontextmanager
     async def running(self, grace: float) -> AsyncIterator[Self]:
-        """Run the loader in a task group of its own: one reaper per model, the preloads the policies ask for, loads,
-        watchers and whatever the launcher starts. On exit it shuts down (see `shutdown`), then closes the group."""
+        """Run the loader in a task group of its own: one reaper per model, the preloads the policies ask for
+        (`preload`, or `replicas_min` above 0), loads, watchers and whatever the launcher starts. On exit it shuts
+        down (see `shutdown`), then closes the group."""
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             self._grace = grace
             for slot in self._slots.values():
                 task_group.start_soon(self._reap, slot, name=f"reaper:{slot.model}")
-                if slot.policy.preload:
+                if slot.policy.preload or slot.policy.replicas_min:
                     self._start_load(slot)
             try:
                 yield self
@@ -383,9 +541,9 @@ class LazyLoader(Generic[W]):
 
     async def shutdown(self) -> list[UnloadReport]:
         """Refuse new requests, call off loads under way (their waiters get ShuttingDown), let the requests admitted
-        to a loaded model finish within the grace `running` was given, then end every worker: requests still waiting
-        for their turn get ShuttingDown, those generating lose their worker. Leaving `running` calls it; call it to
-        begin sooner. A second call waits for the first one's end."""
+        to a loaded model finish within the grace `running` was given, then end every replica: requests still
+        waiting for their turn get ShuttingDown, those generating lose their worker. Leaving `running` calls it; call
+        it to begin sooner. A second call waits for the first one's end."""
         assert self._grace is not None, "LazyLoader.running() was not entered"
         grace = self._grace
         if self._closing:
@@ -400,8 +558,7 @@ class LazyLoader(Generic[W]):
             with anyio.move_on_after(grace):
                 self._shutdown_reports.append(await self._unload(slot, UnloadReason.SHUTDOWN))
                 return
-            report = await self._stop_worker(slot, UnloadReason.SHUTDOWN, slot.admitted, slot.state, started)
-            self._shutdown_reports.append(report)
+            self._shutdown_reports.append(await self._end_every_replica(slot, UnloadReason.SHUTDOWN, started))
 
         try:
             async with anyio.create_task_group() as group:
@@ -427,99 +584,124 @@ class LazyLoader(Generic[W]):
             raise UnknownModel(model, self._slots) from None
 
     async def acquire(self, model: str, keep_alive: float | None = None) -> Lease[W]:
-        """Wait until the model is loaded (loading it if needed) and a turn on it is free; hold it until release."""
+        """Wait until a replica of the model is loaded and free (loading one if the scale-out rule says so, see
+        `policy.wants_replica`) and hold it until release. Free replicas are handed out in arrival order, the
+        lowest-numbered free replica first, so a light load stays on few replicas and the others can idle out."""
         slot = self._slot(model)
         if self._closing:
             raise ShuttingDown
-        if slot.queued >= self._max_queue:
-            raise QueueFull(model, slot.queued, max(1.0, slot.hold_seconds * slot.queued))
-        arrived = anyio.current_time()
-        load_seconds: float | None = None
-        slot.waiting += 1
+        queued = len(slot.queue)
+        if queued >= self._max_queue:
+            loaded = max(1, len(slot.in_state(SlotState.LOADED)))
+            raise QueueFull(model, queued, max(1.0, slot.hold_seconds * queued / loaded))
+        waiter = _Waiter[W](anyio.current_time())
+        slot.queue.append(waiter)
         self._notify(slot)
         try:
-            while (worker := await self._take_turn(slot)) is None:
-                waited_for_load = await self._progress(slot)
-                load_seconds = waited_for_load if waited_for_load is not None else load_seconds
+            while waiter.replica is None:
+                changed = slot.changed
+                if waiter.error is not None:
+                    raise waiter.error
+                if self._closing and not waiter.admitted:
+                    raise ShuttingDown
+                self._scale(slot)
+                if waiter.replica is None:
+                    await changed.wait()
         except BaseException:
-            slot.waiting -= 1
-            self._notify(slot)
+            self._withdraw(slot, waiter)
             raise
+        replica = waiter.replica
         if keep_alive is not None:
             slot.keep_alive = keep_alive
-        slot.running += 1
         slot.last_used = time.time()
         self._notify(slot)
-        return Lease(self, slot, worker, load_seconds, anyio.current_time() - arrived, anyio.current_time())
+        cold = replica.loaded_at >= waiter.arrived
+        now = anyio.current_time()
+        return Lease(self, slot, replica, replica.load_seconds if cold else None, now - waiter.arrived, now)
 
-    async def _progress(self, slot: _Slot[W]) -> float | None:
-        """One step towards a loaded slot: start a load if none runs, then wait for it (returning its seconds) or for
-        any change to the slot."""
+    def _dispatch(self, slot: _Slot[W]) -> None:
+        """Hand free replicas to admitted waiters, first come first served. A drain admits no newcomer; a model
+        with no replica loaded admits none (its waiters wait for a load again)."""
+        loaded = slot.in_state(SlotState.LOADED)
+        for waiter in slot.queue:
+            waiter.admitted = bool(loaded) and (waiter.admitted or not slot.drains)
+        free = [replica for replica in loaded if not replica.busy]
+        for waiter in [waiter for waiter in slot.queue if waiter.admitted][: len(free)]:
+            replica = free.pop(0)
+            slot.queue.remove(waiter)
+            waiter.replica = replica
+            replica.busy = True
+            replica.served += 1
+            slot.running += 1
+
+    def _withdraw(self, slot: _Slot[W], waiter: _Waiter[W]) -> None:
+        """A waiter that gave up (cancelled, timed out, refused): out of the queue, its replica (if one was handed
+        to it meanwhile) free again."""
+        if waiter in slot.queue:
+            slot.queue.remove(waiter)
+        elif waiter.replica is not None:
+            self._free(slot, waiter.replica)
+        self._notify(slot)
+
+    def _release(self, slot: _Slot[W], replica: _Replica[W], held: float) -> None:
+        slot.hold_seconds = held if slot.hold_seconds == 0 else 0.8 * slot.hold_seconds + 0.2 * held
+        self._free(slot, replica)
+        self._notify(slot)
+
+    def _free(self, slot: _Slot[W], replica: _Replica[W]) -> None:
+        slot.running -= 1
+        replica.busy = False
+        replica.idle_since = anyio.current_time()
+        slot.last_used = time.time()
+
+    # ---- scaling
+
+    def _scale(self, slot: _Slot[W]) -> None:
+        """Start loading one more replica if the policy wants one: the first one (making room as it must, unless
+        the model is backing off after failures, which refuses the request), or one more beside those loaded
+        (only if there is room now and the model is not backing off: a scale-out never evicts nor waits)."""
         if self._closing:
-            raise ShuttingDown
-        if slot.state in (SlotState.UNLOADED, SlotState.FAILED) and slot.drains == 0:
-            self._start_load_unless_backing_off(slot)
-        if slot.state is SlotState.LOADING and slot.attempt is not None:
-            attempt = slot.attempt
-            await attempt.done.wait()
-            if attempt.error is not None:
-                raise attempt.error
-            return attempt.seconds
-        await self._wait_for_change(slot)
-        return None
-
-    async def _take_turn(self, slot: _Slot[W]) -> W | None:
-        """If the slot is loaded and not draining: admit the request, wait for its turn and return the worker.
-        None when the slot is not ready, or its worker changed while the request waited."""
-        if self._closing or slot.state is not SlotState.LOADED or slot.drains:
-            return None
-        worker = slot.worker
-        assert worker is not None
-        slot.waiting -= 1
-        slot.admitted += 1
-        try:
-            await slot.turns.acquire()
-        except BaseException:
-            slot.waiting += 1
-            self._leave(slot)
-            raise
-        if slot.worker is worker and slot.state is SlotState.LOADED:
-            return worker
-        slot.turns.release()
-        slot.waiting += 1
-        self._leave(slot)
-        return None
-
-    def _start_load_unless_backing_off(self, slot: _Slot[W]) -> None:
+            return
+        view = slot.view()
+        if not wants_replica(view):
+            return
         backoff = slot.retry_not_before - anyio.current_time()
-        if slot.state is SlotState.FAILED and backoff > 0:
+        if view.loaded:
+            if backoff <= 0 and has_room(view, self._views(), self._capacity):
+                self._start_load(slot, scale_out=True)
+            return
+        self._start_first_load(slot)
+
+    def _start_first_load(self, slot: _Slot[W]) -> None:
+        backoff = slot.retry_not_before - anyio.current_time()
+        if slot.failed and backoff > 0:
             raise LoadFailed(slot.model, slot.last_error or "unknown", retry_after=backoff, backing_off=True)
         self._start_load(slot)
-
-    def _leave(self, slot: _Slot[W]) -> None:
-        slot.admitted -= 1
-        if slot.admitted == 0:
-            slot.idle_since = anyio.current_time()
-        self._notify(slot)
-
-    def _release(self, slot: _Slot[W], held: float) -> None:
-        slot.hold_seconds = held if slot.hold_seconds == 0 else 0.8 * slot.hold_seconds + 0.2 * held
-        slot.running -= 1
-        slot.turns.release()
-        slot.last_used = time.time()
-        self._leave(slot)
 
     # ---- manual control
 
     async def load(self, model: str) -> SlotSnapshot:
-        """Load a model now if it is not loaded (sharing a load already running); takes no turn on it."""
+        """Load a model now if no replica is loaded (sharing a load already running); takes no turn on it."""
         slot = self._slot(model)
-        while slot.state is not SlotState.LOADED or slot.drains:
-            await self._progress(slot)
+        waiter = _Waiter[W](anyio.current_time())
+        slot.loads.append(waiter)
+        try:
+            while slot.state is not SlotState.LOADED or slot.drains:
+                changed = slot.changed
+                if waiter.error is not None:
+                    raise waiter.error
+                if self._closing:
+                    raise ShuttingDown
+                if not slot.replicas and not slot.drains:
+                    self._start_first_load(slot)
+                await changed.wait()
+        finally:
+            slot.loads.remove(waiter)
         return await self.snapshot(model)
 
     async def unload(self, model: str, reason: UnloadReason = UnloadReason.MANUAL) -> UnloadReport:
-        """Drain the model's requests, then end its worker; a load under way is called off and its worker ended."""
+        """Drain the model's requests, then end every replica; loads under way are called off and their workers
+        ended. The report has each replica's pid and the memory it freed."""
         return await self._unload(self._slot(model), reason)
 
     def configure(
@@ -549,110 +731,124 @@ class LazyLoader(Generic[W]):
 
     # ---- loading
 
-    def _start_load(self, slot: _Slot[W]) -> None:
+    def _start_load(self, slot: _Slot[W], *, scale_out: bool = False) -> None:
+        """Start loading one replica, in the lowest position none holds (which picks its placement)."""
         assert self._task_group is not None, "LazyLoader.running() was not entered"
-        slot.state = SlotState.LOADING
-        slot.attempt = _LoadAttempt[W]()
+        taken = {replica.index for replica in slot.replicas}
+        index = min(set(range(slot.policy.replicas_max)) - taken)
+        replica = _Replica[W](placement(slot.policy, index), scale_out)
+        slot.replicas.append(replica)
+        slot.failed = False
         self._notify(slot)
-        self._task_group.start_soon(self._load, slot, slot.attempt, name=f"load:{slot.model}")
+        self._task_group.start_soon(self._load, slot, replica, name=f"load:{slot.model}#{index}")
 
-    async def _load(self, slot: _Slot[W], attempt: _LoadAttempt[W]) -> None:
+    async def _load(self, slot: _Slot[W], replica: _Replica[W]) -> None:
         assert self._task_group is not None
+        attempt = replica.attempt
         started = anyio.current_time()
         timeout = self._load_timeout if slot.policy.load_timeout is None else slot.policy.load_timeout
         with attempt.scope:
             try:
-                await self._make_room(slot)
-                self._record(LifecycleEvent.LOAD_STARTED, slot)
+                await self._make_room(slot, replica)
+                self._record(LifecycleEvent.LOAD_STARTED, slot, replica, device=replica.placement.device)
                 attempt.scope.deadline = anyio.current_time() + timeout
-                worker = attempt.worker = await self._launcher(slot.model, self._task_group)
+                worker = attempt.worker = await self._launcher(slot.model, replica.placement, self._task_group)
                 self._notify(slot)
                 await worker.ready()
             except CapacityExhausted as error:
-                slot.state = SlotState.UNLOADED
-                self._finish_attempt(slot, attempt, error, LifecycleEvent.LOAD_REFUSED, reason=str(error))
+                self._end_attempt(slot, replica, error, LifecycleEvent.LOAD_REFUSED, reason=str(error))
                 return
             except Exception as error:  # whatever the launcher raised becomes the slot's readable last_error
-                self._fail_load(slot, attempt, str(error) or type(error).__name__, started)
+                self._fail_load(slot, replica, str(error) or type(error).__name__, started)
                 return
             finally:
-                slot.launching = False
+                replica.launching = False
         if attempt.scope.cancelled_caught:
-            self._call_off(slot, attempt, timeout, started)
+            self._call_off(slot, replica, timeout, started)
             return
         attempt.seconds = anyio.current_time() - started
-        slot.worker = worker
-        slot.state = SlotState.LOADED
+        memory = await worker.memory()
+        replica.worker = worker
+        replica.state = SlotState.LOADED
+        replica.loaded_at = replica.idle_since = anyio.current_time()
+        replica.load_seconds = attempt.seconds
+        replica.memory = memory
+        slot.replica_bytes = replica.memory_bytes()
         slot.loads_total += 1
         slot.last_load_seconds = attempt.seconds
         slot.last_error = None
         slot.failures = 0
-        slot.idle_since = anyio.current_time()
         slot.last_used = time.time()
-        slot.last_memory = await worker.memory()
-        self._task_group.start_soon(self._watch, slot, worker, name=f"watch:{slot.model}")
-        self._finish_attempt(
-            slot,
-            attempt,
-            None,
+        self._task_group.start_soon(self._watch, slot, replica, worker, name=f"watch:{slot.model}#{replica.index}")
+        attempt.done.set()
+        self._record(
             LifecycleEvent.LOADED,
+            slot,
+            replica,
             seconds=round(attempt.seconds, 3),
             pid=worker.pid,
-            rss_bytes=slot.last_memory.rss_bytes,
-            gpu_bytes=slot.last_memory.gpu_bytes,
+            device=replica.placement.device,
+            rss_bytes=memory.rss_bytes,
+            gpu_bytes=memory.gpu_bytes,
         )
+        self._notify(slot)
 
-    def _call_off(self, slot: _Slot[W], attempt: _LoadAttempt[W], timeout: float, started: float) -> None:
-        """The load was cancelled and its worker ended: by an unload (the slot is left unloaded), else by the load
+    def _call_off(self, slot: _Slot[W], replica: _Replica[W], timeout: float, started: float) -> None:
+        """The load was cancelled and its worker ended: by an unload (the replica is gone), else by the load
         timeout (a failure)."""
+        attempt = replica.attempt
         pid = None if attempt.worker is None else attempt.worker.pid
         if attempt.called_off is None:
             killed = "" if pid is None else f"; its worker (pid {pid}) was killed"
-            self._fail_load(slot, attempt, f"did not load within the load timeout of {timeout:g} s{killed}", started)
+            self._fail_load(slot, replica, f"did not load within the load timeout of {timeout:g} s{killed}", started)
             return
-        slot.state = SlotState.UNLOADED
         slot.last_unload_reason = attempt.called_off
         error = ShuttingDown() if attempt.called_off is UnloadReason.SHUTDOWN else LoadCalledOff(slot.model)
         reason = f"unloaded ({attempt.called_off}) while loading"
-        self._finish_attempt(slot, attempt, error, LifecycleEvent.LOAD_REFUSED, reason=reason, pid=pid)
+        self._end_attempt(slot, replica, error, LifecycleEvent.LOAD_REFUSED, reason=reason, pid=pid)
 
-    def _fail_load(self, slot: _Slot[W], attempt: _LoadAttempt[W], reason: str, started: float) -> None:
-        slot.state = SlotState.FAILED
+    def _fail_load(self, slot: _Slot[W], replica: _Replica[W], reason: str, started: float) -> None:
+        slot.failed = True
         slot.last_error = reason
         slot.failures += 1
         if slot.failures >= 2:
             backoff = min(self._max_load_backoff, self._load_backoff * 2 ** (slot.failures - 2))
             slot.retry_not_before = anyio.current_time() + backoff
         retry_after = max(LOAD_RETRY_SECONDS, slot.retry_not_before - anyio.current_time())
-        self._finish_attempt(
+        self._end_attempt(
             slot,
-            attempt,
+            replica,
             LoadFailed(slot.model, reason, retry_after),
             LifecycleEvent.LOAD_FAILED,
             reason=reason,
             seconds=round(anyio.current_time() - started, 3),
         )
 
-    def _finish_attempt(
-        self,
-        slot: _Slot[W],
-        attempt: _LoadAttempt[W],
-        error: ModelUnavailable | None,
-        event: LifecycleEvent,
-        **fields: Any,
+    def _end_attempt(
+        self, slot: _Slot[W], replica: _Replica[W], error: ModelUnavailable, event: LifecycleEvent, **fields: Any
     ) -> None:
-        attempt.error = error
-        attempt.done.set()
-        self._record(event, slot, **fields)
+        """A load that ended without a replica: it is gone; when no other replica is loaded or loading, every
+        request and manual load waiting for the model gets the error."""
+        replica.attempt.error = error
+        replica.attempt.done.set()
+        slot.replicas.remove(replica)
+        if not slot.serving:
+            for waiter in [*slot.queue, *slot.loads]:
+                waiter.error = error
+        self._record(event, slot, replica, **fields)
         self._notify(slot)
 
-    async def _make_room(self, slot: _Slot[W]) -> None:
+    async def _make_room(self, slot: _Slot[W], replica: _Replica[W]) -> None:
+        """Room for one more replica: the first replica of a model evicts idle models and waits for room up to the
+        capacity wait; a scale-out takes only room that is free now."""
         started = anyio.current_time()
         deadline = started + self._capacity_wait
         while not has_room(newcomer := slot.view(), views := self._views(), self._capacity):
+            if replica.scale_out:
+                raise CapacityExhausted(slot.model, 0.0)
             victim = eviction_candidate(newcomer, views)
             if victim is not None:
-                await self._unload(self._slots[victim.model], UnloadReason.EVICTED)
+                await self._evict_one(self._slots[victim.model])
                 continue
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
@@ -660,65 +856,87 @@ class LazyLoader(Generic[W]):
             changed = self._changed
             with anyio.move_on_after(remaining):
                 await changed.wait()
-        slot.launching = True
+        replica.launching = True
 
-    async def _watch(self, slot: _Slot[W], worker: W) -> None:
-        """Notice a worker that ends on its own (crash, kill -9, out of memory) and free its slot."""
+    async def _evict_one(self, slot: _Slot[W]) -> None:
+        """End the highest-numbered replica of an idle model to make room."""
+        free = slot.free()
+        if free and slot.idle:
+            await self._stop_replica(slot, free[-1], UnloadReason.EVICTED)
+
+    async def _watch(self, slot: _Slot[W], replica: _Replica[W], worker: W) -> None:
+        """Notice a worker that ends on its own (crash, kill -9, out of memory) and free its replica; the model's
+        other replicas go on serving."""
         code = await worker.wait()
-        if slot.worker is worker and slot.state is SlotState.LOADED:
-            slot.worker = None
-            slot.state = SlotState.UNLOADED
+        if replica.worker is not worker or replica.state is not SlotState.LOADED:
+            return
+        slot.replicas.remove(replica)
+        if not slot.replicas:
             slot.keep_alive = None
-            slot.last_unload_reason = UnloadReason.CRASH
-            cause = worker.exit_reason or f"exited unexpectedly with code {code}"
-            slot.last_error = f"worker (pid {worker.pid}) {cause}"
-            slot.unloads[UnloadReason.CRASH] += 1
-            self._record(
-                LifecycleEvent.WORKER_EXITED,
-                slot,
-                pid=worker.pid,
-                exit_code=code,
-                cause=cause,
-                watchdog=worker.exit_reason is not None,
-                requests_affected=slot.running,
-                level="warning",
-            )
-            self._notify(slot)
+        slot.last_unload_reason = UnloadReason.CRASH
+        cause = worker.exit_reason or f"exited unexpectedly with code {code}"
+        slot.last_error = f"worker (pid {worker.pid}) {cause}"
+        slot.unloads[UnloadReason.CRASH] += 1
+        self._record(
+            LifecycleEvent.WORKER_EXITED,
+            slot,
+            replica,
+            pid=worker.pid,
+            exit_code=code,
+            cause=cause,
+            watchdog=worker.exit_reason is not None,
+            requests_affected=int(replica.busy),
+            level="warning",
+        )
+        self._notify(slot)
 
     # ---- unloading
 
     async def _unload(self, slot: _Slot[W], reason: UnloadReason) -> UnloadReport:
+        """Drain the model: call off its loads, let the requests admitted before the drain finish, then end every
+        replica (those another unload is ending are waited for)."""
         started = anyio.current_time()
         previous = slot.state
-        while slot.state in (SlotState.LOADING, SlotState.UNLOADING):
-            if slot.state is SlotState.LOADING:
-                report = await self._call_off_load(slot, reason, previous, started)
-                if report is not None:
-                    return report
-                continue
-            await self._wait_for_change(slot)
-        if slot.state is not SlotState.LOADED:
-            return self._report(slot, previous, None, 0, None, None, None, anyio.current_time() - started)
-        drained = slot.admitted
+        reports: list[ReplicaReport] = []
         slot.drains += 1
         self._notify(slot)
         try:
+            while loading := slot.in_state(SlotState.LOADING):
+                for replica in loading:
+                    report = await self._call_off_load(slot, replica, reason)
+                    if report is not None:
+                        reports.append(report)
+            drained = slot.admitted
             while slot.admitted:
                 await self._wait_for_change(slot)
-            return await self._stop_worker(slot, reason, drained, previous, started)
+            while loaded := slot.in_state(SlotState.LOADED):
+                reports.append(await self._stop_replica(slot, loaded[0], reason, drained))
+            while slot.replicas:
+                await self._wait_for_change(slot)
         finally:
             slot.drains -= 1
             self._notify(slot)
+        return self._report(slot, previous, reason if reports else None, drained, reports, started)
 
-    async def _call_off_load(
-        self, slot: _Slot[W], reason: UnloadReason, previous: SlotState, started: float
-    ) -> UnloadReport | None:
-        """Cancel the slot's load under way and wait until its worker is gone; None when the load ended by itself
-        first (the caller then unloads whatever it left)."""
-        attempt = slot.attempt
-        assert attempt is not None
+    async def _end_every_replica(self, slot: _Slot[W], reason: UnloadReason, started: float) -> UnloadReport:
+        """End every replica now, whatever it serves (shutdown past its grace); shielded."""
+        with anyio.CancelScope(shield=True):
+            previous = slot.state
+            drained = slot.admitted
+            reports: list[ReplicaReport] = []
+            for replica in slot.in_state(SlotState.LOADING):
+                if (report := await self._call_off_load(slot, replica, reason)) is not None:
+                    reports.append(report)
+            while loaded := slot.in_state(SlotState.LOADED):
+                reports.append(await self._stop_replica(slot, loaded[0], reason, drained))
+        return self._report(slot, previous, reason, drained, reports, started)
+
+    async def _call_off_load(self, slot: _Slot[W], replica: _Replica[W], reason: UnloadReason) -> ReplicaReport | None:
+        """Cancel a replica's load under way and wait until its worker is gone; None when the load ended by itself
+        first (the caller then ends whatever it left)."""
+        attempt = replica.attempt
         usage = await attempt.worker.memory() if attempt.worker is not None else None
-        if slot.attempt is not attempt or slot.state is not SlotState.LOADING:
+        if replica not in slot.replicas or replica.state is not SlotState.LOADING:
             return None
         attempt.called_off = attempt.called_off or reason
         attempt.scope.cancel()
@@ -726,33 +944,32 @@ class LazyLoader(Generic[W]):
         if attempt.error is None:
             return None  # a launcher that never yielded finished the load before the cancel could reach it
         worker = attempt.worker
-        exit_code = await worker.wait() if worker is not None else None
-        pid = None if worker is None else worker.pid
-        return self._report(slot, previous, reason, 0, pid, exit_code, usage, anyio.current_time() - started)
+        if worker is None:
+            return ReplicaReport(replica.index, None, LOCAL_NODE, replica.placement.device, None, None, None)
+        exit_code = await worker.wait()
+        return self._replica_report(replica, worker, exit_code, usage)
 
-    async def _stop_worker(
-        self, slot: _Slot[W], reason: UnloadReason, drained: int, previous: SlotState, started: float
-    ) -> UnloadReport:
-        """End the slot's worker; shielded, so a cancelled caller never leaves the slot half-unloaded. The report's
-        seconds count from `started`."""
-        worker = slot.worker
-        if worker is None or slot.state is not SlotState.LOADED:
-            return self._report(slot, previous, None, drained, None, None, None, anyio.current_time() - started)
+    async def _stop_replica(
+        self, slot: _Slot[W], replica: _Replica[W], reason: UnloadReason, drained: int = 0
+    ) -> ReplicaReport:
+        """End a loaded replica's worker; shielded, so a cancelled caller never leaves it half-unloaded."""
+        worker = replica.worker
+        assert worker is not None
         with anyio.CancelScope(shield=True):
-            idle_seconds = anyio.current_time() - slot.idle_since if slot.admitted == 0 else 0.0
-            slot.state = SlotState.UNLOADING
+            idle_seconds = 0.0 if replica.busy else anyio.current_time() - replica.idle_since
+            replica.state = SlotState.UNLOADING
             self._notify(slot)
             usage = await worker.memory()
             exit_code = await worker.stop()
-            slot.worker = None
-            slot.state = SlotState.UNLOADED
-            slot.keep_alive = None
+            slot.replicas.remove(replica)
+            if not slot.replicas:
+                slot.keep_alive = None
             slot.last_unload_reason = reason
             slot.unloads[reason] += 1
-            seconds = anyio.current_time() - started
             self._record(
                 LifecycleEvent.UNLOADED,
                 slot,
+                replica,
                 reason=reason,
                 pid=worker.pid,
                 exit_code=exit_code,
@@ -762,8 +979,19 @@ class LazyLoader(Generic[W]):
                 freed_gpu_bytes=usage.gpu_bytes,
             )
             self._notify(slot)
-            report = self._report(slot, previous, reason, drained, worker.pid, exit_code, usage, seconds)
-        return report
+        return self._replica_report(replica, worker, exit_code, usage)
+
+    @staticmethod
+    def _replica_report(replica: _Replica[W], worker: W, exit_code: int, usage: MemoryUsage | None) -> ReplicaReport:
+        return ReplicaReport(
+            index=replica.index,
+            pid=worker.pid,
+            node=node_of(worker),
+            device=replica.placement.device,
+            exit_code=exit_code,
+            freed_rss_bytes=usage.rss_bytes if usage else None,
+            freed_gpu_bytes=usage.gpu_bytes if usage else None,
+        )
 
     def _report(
         self,
@@ -771,10 +999,8 @@ class LazyLoader(Generic[W]):
         previous: SlotState,
         reason: UnloadReason | None,
         drained: int,
-        pid: int | None,
-        exit_code: int | None,
-        usage: MemoryUsage | None,
-        seconds: float,
+        replicas: list[ReplicaReport],
+        started: float,
     ) -> UnloadReport:
         return UnloadReport(
             model=slot.model,
@@ -782,21 +1008,22 @@ class LazyLoader(Generic[W]):
             state=slot.state,
             reason=reason,
             requests_drained=drained,
-            pid=pid,
-            worker_exited=pid is not None,
-            exit_code=exit_code,
-            freed_rss_bytes=usage.rss_bytes if usage else None,
-            freed_gpu_bytes=usage.gpu_bytes if usage else None,
-            seconds=round(seconds, 3),
+            seconds=round(anyio.current_time() - started, 3),
+            replicas=tuple(sorted(replicas, key=lambda report: report.index)),
         )
 
     # ---- idle reaping
 
     async def _reap(self, slot: _Slot[W]) -> None:
-        """Sleep until the slot's idle deadline (woken by every change to it), then unload it."""
+        """Keep the model at replicas_min while it is in use, and sleep until its next idle replica's deadline
+        (woken by every change to the slot), then end that replica."""
         while True:
             changed = slot.changed
-            deadline = idle_deadline(slot.view())
+            if slot.in_state(SlotState.LOADED):
+                self._scale(slot)
+            view = slot.view()
+            deadlines = replica_deadlines(view)
+            deadline = idle_deadline(view)
             if deadline is None:
                 await changed.wait()
                 continue
@@ -805,8 +1032,9 @@ class LazyLoader(Generic[W]):
                 with anyio.move_on_after(remaining):
                     await changed.wait()
                 continue
+            replica = slot.free()[deadlines.index(deadline)]
             try:
-                await self._unload(slot, deadline.reason)
+                await self._stop_replica(slot, replica, deadline.reason)
             except Exception as error:  # a reaper must outlive any one failed unload
                 self._record(
                     LifecycleEvent.UNLOAD_FAILED, slot, level="error", error=f"{type(error).__name__}: {error}"
@@ -815,35 +1043,67 @@ class LazyLoader(Generic[W]):
 
     # ---- observation
 
-    def _snapshot(self, slot: _Slot[W], memory: MemoryUsage | None) -> SlotSnapshot:
+    def _snapshot(self, slot: _Slot[W], memory: Mapping[int, MemoryUsage] | None) -> SlotSnapshot:
         now = anyio.current_time()
-        deadline = idle_deadline(slot.view())
-        loaded_and_idle = slot.state is SlotState.LOADED and slot.admitted == 0
+        wall = time.time()
+        view = slot.view()
+        until = model_deadline(view)
+        free = slot.free()
+        deadlines = dict(zip((replica.index for replica in free), replica_deadlines(view), strict=True))
+        replicas = sorted(slot.replicas, key=lambda replica: replica.index)
+        loading = slot.in_state(SlotState.LOADING)
+        idle = view.idle and view.loaded > 0 and len(free) == view.loaded
         return SlotSnapshot(
             model=slot.model,
             state=slot.state,
             policy=slot.policy,
             keep_alive=slot.keep_alive,
-            pid=slot.process.pid if slot.process is not None else None,
+            pid=next((replica.process.pid for replica in replicas if replica.process is not None), None),
             in_flight=slot.running,
-            queued=slot.queued,
+            queued=len(slot.queue),
             loads_total=slot.loads_total,
             last_load_seconds=slot.last_load_seconds,
             last_unload_reason=slot.last_unload_reason,
             last_error=slot.last_error,
-            idle_seconds=now - slot.idle_since if loaded_and_idle else None,
-            seconds_until_unload=max(0.0, deadline.at - now) if deadline is not None else None,
+            idle_seconds=now - max(view.free_since) if idle else None,
+            seconds_until_unload=max(0.0, until.at - now) if until is not None else None,
             unloads_by_reason=dict(slot.unloads),
-            memory=memory,
+            memory=None if memory is None else _sum_memory(memory.values()),
             consecutive_failures=slot.failures,
             retry_in=max(0.0, slot.retry_not_before - now) if slot.state is SlotState.FAILED else None,
-            load_started_at=slot.load_started_at if slot.state is SlotState.LOADING else None,
+            load_started_at=loading[0].load_started_at if loading and slot.state is SlotState.LOADING else None,
+            load_stage=(
+                loading[0].process.load_stage
+                if loading and slot.state is SlotState.LOADING and isinstance(loading[0].process, ReportsLoadStage)
+                else None
+            ),
+            replicas=tuple(
+                ReplicaSnapshot(
+                    index=replica.index,
+                    state=replica.state,
+                    pid=replica.process.pid if replica.process is not None else None,
+                    node=LOCAL_NODE if replica.process is None else node_of(replica.process),
+                    device=replica.placement.device,
+                    threads=replica.placement.threads,
+                    in_flight=int(replica.busy),
+                    served=replica.served,
+                    idle_since=wall - (now - replica.idle_since) if replica in free else None,
+                    seconds_until_unload=_seconds_until(deadlines.get(replica.index), now),
+                    load_seconds=replica.load_seconds,
+                    memory=None if memory is None else memory.get(replica.index),
+                )
+                for replica in replicas
+            ),
         )
 
     async def snapshot(self, model: str) -> SlotSnapshot:
-        """The slot's state with its worker's memory (loaded or loading) measured now."""
+        """The slot's state with each replica's memory (loaded or loading) measured now."""
         slot = self._slot(model)
-        memory = await slot.process.memory() if slot.process is not None else None
+        memory = {
+            replica.index: await replica.process.memory()
+            for replica in list(slot.replicas)
+            if replica.process is not None
+        }
         return self._snapshot(slot, memory)
 
     def snapshots_now(self) -> list[SlotSnapshot]:
@@ -853,14 +1113,16 @@ class LazyLoader(Generic[W]):
     def state(self, model: str) -> SlotState:
         return self._slot(model).state
 
-    def worker(self, model: str) -> W | None:
-        """The model's current worker, if one is loaded (for reading what it reported; not for requests)."""
-        return self._slot(model).worker
+    def workers(self, model: str) -> list[W]:
+        """The model's loaded workers, by replica (for reading what they reported; not for requests)."""
+        return [replica.worker for replica in self._slot(model).in_state(SlotState.LOADED) if replica.worker]
 
     def _views(self) -> list[SlotView]:
         return [slot.view() for slot in self._slots.values()]
 
     def _notify(self, slot: _Slot[W]) -> None:
+        """A change to the slot: hand out free replicas, then wake whoever waits on it or on any slot."""
+        self._dispatch(slot)
         slot.changed.set()
         slot.changed = anyio.Event()
         self._changed.set()
@@ -869,11 +1131,34 @@ class LazyLoader(Generic[W]):
     async def _wait_for_change(self, slot: _Slot[W]) -> None:
         await slot.changed.wait()
 
-    def _record(self, event: LifecycleEvent, slot: _Slot[W], level: str = "info", **fields: Any) -> None:
+    def _record(
+        self,
+        event: LifecycleEvent,
+        slot: _Slot[W],
+        replica: _Replica[W] | None = None,
+        level: str = "info",
+        **fields: Any,
+    ) -> None:
+        if replica is not None:
+            fields = {"replica": replica.index, **fields}
         record = EventRecord(time.time(), event, slot.model, fields)
-        if event is LifecycleEvent.LOAD_STARTED:
-            slot.load_started_at = record.time
+        if event is LifecycleEvent.LOAD_STARTED and replica is not None:
+            replica.load_started_at = record.time
         self.events.append(record)
         for listener in self.listeners:
             listener(record)
         getattr(log, level)(event.value, model=slot.model, **fields)
+
+
+def _sum_memory(usages: Iterable[MemoryUsage]) -> MemoryUsage | None:
+    """The memory of several workers together; None when there are none."""
+    usages = list(usages)
+    if not usages:
+        return None
+    return MemoryUsage(
+        rss_bytes=_total(usage.rss_bytes for usage in usages), gpu_bytes=_total(usage.gpu_bytes for usage in usages)
+    )
+
+
+def _seconds_until(deadline: Deadline | None, now: float) -> float | None:
+    return None if deadline is None else max(0.0, deadline.at - now)

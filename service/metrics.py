@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -9,14 +10,16 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.lazy_loader import EventRecord, LifecycleEvent
+from service.lazy_loader import EventRecord, LifecycleEvent, SlotState
 
 if TYPE_CHECKING:
     from service.lazy_loader import LazyLoader
+    from service.lifecycle.spares import SparePool
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RTF_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+REPLICA_STATES = (SlotState.LOADING, SlotState.LOADED, SlotState.UNLOADING)
 
 
 class _SlotCollector(Collector):
@@ -27,11 +30,46 @@ class _SlotCollector(Collector):
         loaded = GaugeMetricFamily("tts_model_loaded", "1 while the model is loaded in a worker", labels=["model"])
         in_flight = GaugeMetricFamily("tts_requests_in_flight", "Requests being synthesized", labels=["model"])
         queued = GaugeMetricFamily("tts_requests_queued", "Requests waiting for a load or a turn", labels=["model"])
+        replicas = GaugeMetricFamily(
+            "tts_model_replicas", "The model's worker processes, by state", labels=["model", "state"]
+        )
+        replicas_max = GaugeMetricFamily(
+            "tts_model_replicas_max", "Replicas the model may scale out to", labels=["model"]
+        )
         for snapshot in self._loader.snapshots_now():
             loaded.add_metric([snapshot.model], 1.0 if snapshot.loaded else 0.0)
             in_flight.add_metric([snapshot.model], snapshot.in_flight)
             queued.add_metric([snapshot.model], snapshot.queued)
-        yield from (loaded, in_flight, queued)
+            states = Tally(replica.state for replica in snapshot.replicas)
+            for state in REPLICA_STATES:
+                replicas.add_metric([snapshot.model, state.value], states[state])
+            replicas_max.add_metric([snapshot.model], snapshot.policy.replicas_max)
+        yield from (loaded, in_flight, queued, replicas, replicas_max)
+
+
+class _SpareCollector(Collector):
+    def __init__(self, spares: SparePool) -> None:
+        self._spares = spares
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "tts_warm_spares", "Warm spare workers ready (imports done, no model)", labels=["engine"]
+        )
+        configured = GaugeMetricFamily("tts_warm_spares_configured", "Warm spare workers kept", labels=["engine"])
+        resident = GaugeMetricFamily(
+            "tts_warm_spare_rss_bytes", "Resident memory of the ready warm spare workers", labels=["engine"]
+        )
+        totals: dict[str, list[int]] = {}
+        for figures in self._spares.figures_now():
+            total = totals.setdefault(figures.engine, [0, 0, 0])
+            total[0] += figures.ready
+            total[1] += figures.configured
+            total[2] += figures.rss_bytes
+        for engine, (ready_count, configured_count, rss) in totals.items():
+            ready.add_metric([engine], ready_count)
+            configured.add_metric([engine], configured_count)
+            resident.add_metric([engine], rss)
+        yield from (ready, configured, resident)
 
 
 class Metrics:
@@ -88,6 +126,9 @@ class Metrics:
     def watch(self, loader: LazyLoader[Any]) -> None:
         self.registry.register(_SlotCollector(loader))
         loader.listeners.append(self.lifecycle_event)
+
+    def watch_spares(self, spares: SparePool) -> None:
+        self.registry.register(_SpareCollector(spares))
 
     def lifecycle_event(self, record: EventRecord) -> None:
         model, fields = record.model, record.fields

@@ -12,6 +12,11 @@ from typing import get_type_hints
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# warm spares per engine family, from docs/benchmarks.md: torch + transformers take seconds to import (a spare pays
+# for itself), Piper's imports about 0.3 s (a spare would cost 50 MiB for that)
+DEFAULT_WARM_SPARES = ("piper=0", "transformers=1", "step-audio=1")
+
+
 def _split_ids(raw: str) -> tuple[str, ...]:
     """A comma-separated list (model ids, URL prefixes)."""
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -81,7 +86,41 @@ class Settings:
     max_loaded_models: int = field(
         default=3,
         metadata={
-            "option": Option("MAX_LOADED_MODELS", "--max-loaded-models", "models loaded at once before LRU eviction")
+            "option": Option(
+                "MAX_LOADED_MODELS",
+                "--max-loaded-models",
+                "models loaded at once before LRU eviction (each replica of a model counts as one)",
+            )
+        },
+    )
+    replicas_min: int = field(
+        default=0,
+        metadata={
+            "option": Option(
+                "REPLICAS_MIN",
+                "--replicas-min",
+                "replicas each model keeps loaded once started (0: lazy); per model: replicas_min in the models file",
+            )
+        },
+    )
+    replicas_max: int = field(
+        default=1,
+        metadata={
+            "option": Option(
+                "REPLICAS_MAX",
+                "--replicas-max",
+                "worker processes a model may scale out to while requests queue; per model: replicas_max",
+            )
+        },
+    )
+    replica_threads: int = field(
+        default=0,
+        metadata={
+            "option": Option(
+                "REPLICA_THREADS",
+                "--replica-threads",
+                "CPU threads per replica of a CPU engine (0: the engine's default); per model: threads",
+            )
         },
     )
     memory_budget_bytes: int = field(
@@ -96,6 +135,17 @@ class Settings:
         default=30.0,
         metadata={
             "option": Option("CAPACITY_WAIT", "--capacity-wait", "seconds a load waits for room before answering 503")
+        },
+    )
+    ray_address: str = field(
+        default="",
+        metadata={
+            "option": Option(
+                "RAY_ADDRESS",
+                "--ray-address",
+                "a Ray cluster (its head's host:port) whose actors run the models instead of worker processes here; "
+                "per model: [models.ray] in the models file; needs the `ray` extra (default: none, local workers)",
+            )
         },
     )
     preload: tuple[str, ...] = field(
@@ -149,6 +199,18 @@ class Settings:
                 "WORKER_PYTHON",
                 "--worker-python",
                 "the Python interpreter worker processes run (default: the server's own), e.g. a GPU virtualenv's",
+            )
+        },
+    )
+    warm_spares: tuple[str, ...] = field(
+        default=DEFAULT_WARM_SPARES,
+        metadata={
+            "option": Option(
+                "WARM_SPARES",
+                "--warm-spares",
+                "comma-separated engine=N pairs: spare worker processes kept with the engine's libraries imported "
+                "(no model, no GPU) so a load skips the imports, over the defaults piper=0,transformers=1,"
+                "step-audio=1 (other engines: 0); per model: warm_spares in the models file",
             )
         },
     )
@@ -360,6 +422,16 @@ class Settings:
             raise SettingError("port", f"must be 1-65535, got {self.port}")
         if self.max_loaded_models < 1:
             raise SettingError("max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
+        if self.replicas_max < 1:
+            raise SettingError("replicas_max", f"must be at least 1, got {self.replicas_max}")
+        if not 0 <= self.replicas_min <= self.replicas_max:
+            raise SettingError(
+                "replicas_min", f"must be 0 to REPLICAS_MAX ({self.replicas_max}), got {self.replicas_min}"
+            )
+        if self.replica_threads < 0:
+            raise SettingError(
+                "replica_threads", f"must be 0 (the engine's default) or more, got {self.replica_threads}"
+            )
         if self.max_queue < 1:
             raise SettingError("max_queue", f"must be at least 1, got {self.max_queue}")
         if not self.load_timeout > 0:
@@ -387,6 +459,9 @@ class Settings:
             raise SettingError("model_aliases", f"must be alias=model pairs, got {', '.join(malformed)}")
         if self.max_header_bytes < 1024:
             raise SettingError("max_header_bytes", f"must be at least 1024, got {self.max_header_bytes}")
+        malformed = [pair for pair in self.warm_spares if not _is_spare_count(pair)]
+        if malformed:
+            raise SettingError("warm_spares", f"must be engine=N pairs (N a whole number, 0 or more), got {malformed}")
 
 
 # how a raw flag or environment value becomes each field's type; the type comes from the field's annotation
@@ -432,6 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
             option.flag, dest=settings_field.name, default=None, help=f"{option.help} [{option.env}]{default}"
         )
     return parser
+
+
+def _is_spare_count(pair: str) -> bool:
+    engine, _, count = pair.rpartition("=")
+    return bool(engine) and count.isdigit()
+
+
+def warm_spares_by_engine(settings: Settings) -> dict[str, int]:
+    """Engine name -> spares to keep: the defaults, then WARM_SPARES's pairs over them (engines named nowhere: 0)."""
+    pairs = (pair.rpartition("=") for pair in (*DEFAULT_WARM_SPARES, *settings.warm_spares))
+    return {engine: int(count) for engine, _, count in pairs}
 
 
 def is_loopback(host: str) -> bool:

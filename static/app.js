@@ -29,10 +29,25 @@
     scope.querySelectorAll("[data-form-error]").forEach((box) => { box.hidden = true; box.textContent = ""; });
     const page = document.getElementById("page-error");
     if (page) { page.hidden = true; page.textContent = ""; }
+    const region = scope.closest && scope.closest("[data-error-target]");
+    const line = region && document.querySelector(region.dataset.errorTarget);
+    if (line && line.classList.contains("status-line--bad")) { line.textContent = ""; line.classList.remove("status-line--bad"); }
   }
 
+  // A page form's answer may list every problem (`errors`): each goes next to its field, and the focus to the first.
   function showError(elt, status, body) {
-    const error = errorOf(status, body);
+    const problems = body && Array.isArray(body.errors) && body.errors.length ? body.errors : [errorOf(status, body)];
+    let focused = false;
+    problems.forEach((problem) => {
+      const control = placeError(elt, problem);
+      if (control && !focused) {
+        control.focus({ preventScroll: false });
+        focused = true;
+      }
+    });
+  }
+
+  function placeError(elt, error) {
     const form = elt.closest("form");
     const wrapper = fieldFor(form, error.param);
     if (wrapper) {
@@ -40,11 +55,8 @@
       const control = wrapper.querySelector("input:not([type=hidden]), select, textarea");
       slot.textContent = error.message;
       slot.hidden = false;
-      if (control) {
-        control.setAttribute("aria-invalid", "true");
-        control.focus({ preventScroll: false });
-      }
-      return;
+      if (control) control.setAttribute("aria-invalid", "true");
+      return control;
     }
     const regionHost = elt.closest("[data-error-target]");
     const box = (form && form.querySelector("[data-form-error]"))
@@ -54,6 +66,7 @@
     box.classList.add("status-line--bad");
     box.classList.remove("status-line--ok");
     box.hidden = false;
+    return null;
   }
 
   async function readError(response) {
@@ -125,38 +138,63 @@
     }
   });
 
+  // The htmx config (base.html) swaps nothing for 4xx and 5xx, and counts only 5xx as htmx errors (which htmx logs):
+  // a refused form is an answer, not a failure. Either way the API's error goes next to its field here.
   document.addEventListener("htmx:afterRequest", (event) => {
     const elt = event.detail.elt;
+    const xhr = event.detail.xhr;
     const stop = running.get(elt);
     if (stop) { stop(); running.delete(elt); elt.removeAttribute("aria-busy"); }
-    if (event.detail.successful && elt.matches("form[data-reset-on-success]")) {
+    if (!xhr || !xhr.status) return;
+    if (xhr.status >= 400) {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      showError(elt, xhr.status, body);
+      return;
+    }
+    if (elt.matches("form[data-reset-on-success]")) {
       elt.reset();
       elt.querySelectorAll("[data-record-preview]").forEach((audio) => { audio.hidden = true; audio.removeAttribute("src"); });
       elt.querySelectorAll("[data-record-status]").forEach((status) => { status.hidden = true; });
     }
   });
 
-  document.addEventListener("htmx:responseError", (event) => {
-    const xhr = event.detail.xhr;
-    let body = null;
-    try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-    showError(event.detail.elt, xhr.status, body);
-  });
-
   document.addEventListener("htmx:sendError", (event) => showError(event.detail.elt, 0, null));
 
-  // After a swap that took the focus away (a replaced form), move it to the new content's [data-autofocus].
+  // After a swap that took the focus away (a replaced form), or into a region marked data-focus-on-swap (a panel
+  // opened by a button), move it to the new content's [data-autofocus].
   document.addEventListener("htmx:afterSettle", (event) => {
-    if (document.activeElement && document.activeElement !== document.body) return;
     const target = event.detail.target;
+    const always = target && target.matches && target.matches("[data-focus-on-swap]");
+    if (!always && document.activeElement && document.activeElement !== document.body) return;
+    if (always && target.contains(document.activeElement)) return;
     const next = target && target.querySelector && target.querySelector("[data-autofocus]");
     if (next) next.focus();
   });
 
-  // ---- the Speak form: the same request as any API client, played from a blob URL.
+  // Status lines that say an action went well clear themselves after a while; errors stay until the next action.
+  const STATUS_SECONDS = 6;
+  function fadeStatus(line) {
+    clearTimeout(line.statusTimer);
+    line.statusTimer = setTimeout(() => {
+      if (!line.classList.contains("status-line--ok")) return;
+      line.textContent = "";
+      line.classList.remove("status-line--ok");
+    }, STATUS_SECONDS * 1000);
+  }
+
+  // ---- the Speak form: the same request as any API client. MP3 is asked for as a stream (stream_format "audio")
+  // and played through MediaSource while it arrives; the other formats play once complete. Either way the whole
+  // file ends up behind the download link. The result says when the first byte came and when sound began.
 
   const EXTENSIONS = { mp3: "mp3", wav: "wav", opus: "ogg", flac: "flac" };
-  let speechUrl = null;
+  const STREAMED = { mp3: "audio/mpeg" };
+  let speechUrls = [];
+
+  function streamable(format) {
+    const type = STREAMED[format];
+    return Boolean(type && window.MediaSource && MediaSource.isTypeSupported(type));
+  }
 
   async function speak(form) {
     if (form.getAttribute("aria-busy") === "true") return;
@@ -170,11 +208,13 @@
     if (data.get("voice")) body.voice = data.get("voice");
     const instructions = String(data.get("instructions") || "").trim();
     if (instructions) body.instructions = instructions;
+    const streamed = streamable(body.response_format);
+    if (streamed) body.stream_format = "audio";
     clearErrors(form);
     form.setAttribute("aria-busy", "true");
     form.classList.add("htmx-request");
     const stop = startProgress(form, body.model);
-    const started = performance.now();
+    const timing = { started: performance.now(), firstByte: null, firstSound: null, complete: null };
     try {
       const response = await fetch("/v1/audio/speech", {
         method: "POST",
@@ -185,8 +225,21 @@
         showError(form, response.status, await readError(response));
         return;
       }
-      const blob = await response.blob();
-      showSpeech(blob, response.headers, (performance.now() - started) / 1000, body);
+      const audio = resetPlayer();
+      delete document.getElementById("speak-result").dataset.firstSoundMs;
+      audio.addEventListener("timeupdate", function sounding() {
+        if (audio.currentTime > 0) {
+          timing.firstSound = performance.now();
+          document.getElementById("speak-result").dataset.firstSoundMs = String(Math.round(timing.firstSound - timing.started));
+          audio.removeEventListener("timeupdate", sounding);
+        }
+      });
+      showPending(response.headers, body, streamed);
+      const blob = streamed
+        ? await playStream(response, audio, STREAMED[body.response_format], timing)
+        : await playWhole(response, audio, timing);
+      timing.complete = timing.complete || performance.now();
+      showSpeech(blob, response.headers, timing, body, audio);
     } catch (error) {
       showError(form, 0, { error: { message: `The request failed: ${error.message}` } });
     } finally {
@@ -196,29 +249,106 @@
     }
   }
 
-  function showSpeech(blob, headers, took, body) {
-    const result = document.getElementById("speak-result");
+  function resetPlayer() {
     const audio = document.getElementById("speak-audio");
+    audio.pause();
+    speechUrls.forEach((url) => URL.revokeObjectURL(url));
+    speechUrls = [];
+    return audio;
+  }
+
+  function objectUrl(source) {
+    const url = URL.createObjectURL(source);
+    speechUrls.push(url);
+    return url;
+  }
+
+  // Appends each chunk to a MediaSource buffer as it arrives and starts playing after the first one.
+  async function playStream(response, audio, type, timing) {
+    const source = new MediaSource();
+    audio.src = objectUrl(source);
+    await new Promise((resolve) => source.addEventListener("sourceopen", resolve, { once: true }));
+    const buffer = source.addSourceBuffer(type);
+    buffer.mode = "sequence";
+    const appended = (chunk) => new Promise((resolve, reject) => {
+      const done = () => { buffer.removeEventListener("error", failed); resolve(); };
+      const failed = () => { buffer.removeEventListener("updateend", done); reject(new Error("the browser could not play the stream")); };
+      buffer.addEventListener("updateend", done, { once: true });
+      buffer.addEventListener("error", failed, { once: true });
+      buffer.appendBuffer(chunk);
+    });
+    const reader = response.body.getReader();
+    const chunks = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (timing.firstByte === null) timing.firstByte = performance.now();
+      chunks.push(value);
+      await appended(value);
+      if (chunks.length === 1) audio.play().catch(() => { /* the browser wants a gesture: the controls remain */ });
+    }
+    timing.complete = performance.now();
+    if (source.readyState === "open") source.endOfStream();
+    return new Blob(chunks, { type });
+  }
+
+  async function playWhole(response, audio, timing) {
+    timing.firstByte = performance.now();
+    const blob = await response.blob();
+    timing.complete = performance.now();
+    audio.src = objectUrl(blob);
+    audio.play().catch(() => { /* the browser wants a gesture: the controls remain */ });
+    return blob;
+  }
+
+  function showPending(headers, body, streamed) {
+    const result = document.getElementById("speak-result");
+    result.querySelector("[data-empty]").hidden = true;
+    result.querySelector("[data-filled]").hidden = false;
+    result.querySelector("#speak-download").removeAttribute("href");
+    Object.entries({
+      took: streamed ? "streaming…" : "receiving…",
+      audio: "",
+      cold: headers.get("X-Cold-Start") === "true" ? "cold start: loaded first" : "already loaded (warm)",
+      served: [headers.get("X-Model"), headers.get("X-Voice")].filter(Boolean).join(" · "),
+      sound: "",
+    }).forEach(([key, text]) => { result.querySelector(`[data-fact="${key}"]`).textContent = text; });
+  }
+
+  function showSpeech(blob, headers, timing, body, audio) {
+    const result = document.getElementById("speak-result");
     const download = document.getElementById("speak-download");
-    if (speechUrl) URL.revokeObjectURL(speechUrl);
-    speechUrl = URL.createObjectURL(blob);
-    audio.src = speechUrl;
-    download.href = speechUrl;
+    download.href = objectUrl(blob);
     const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
     download.download = `speech-${headers.get("X-Model") || body.model}-${stamp}.${EXTENSIONS[body.response_format] || "bin"}`;
+    const seconds = (from, to) => (to - from) / 1000;
+    const took = seconds(timing.started, timing.complete);
     const cold = headers.get("X-Cold-Start") === "true";
     const loadSeconds = Number(headers.get("X-Model-Load-Seconds") || 0);
-    const audioSeconds = Number(headers.get("X-Audio-Seconds") || 0);
+    const audioSeconds = Number(headers.get("X-Audio-Seconds") || 0) || (Number.isFinite(audio.duration) ? audio.duration : 0);
+    const sound = () => (timing.firstSound === null
+      ? "press play"
+      : `${seconds(timing.started, timing.firstSound).toFixed(2)} s (${seconds(timing.firstByte, timing.firstSound).toFixed(2)} s after the first byte)`);
     const facts = {
       took: `${took.toFixed(2)} s`,
-      audio: `${audioSeconds.toFixed(2)} s, ${(blob.size / 1024).toFixed(0)} KiB ${body.response_format}`,
+      audio: `${audioSeconds.toFixed(2)} s, ${(blob.size / 1024).toFixed(0)} KiB ${body.response_format}${STREAMED[body.response_format] && body.stream_format ? ", streamed" : ""}`,
       cold: cold ? `cold start: loaded first, in ${loadSeconds.toFixed(2)} s` : "already loaded (warm)",
       served: [headers.get("X-Model"), headers.get("X-Voice")].filter(Boolean).join(" · "),
+      sound: sound(),
     };
     Object.entries(facts).forEach(([key, text]) => { result.querySelector(`[data-fact="${key}"]`).textContent = text; });
     result.querySelector("[data-fact=cold]").classList.toggle("is-cold", cold);
-    result.querySelector("[data-empty]").hidden = true;
-    result.querySelector("[data-filled]").hidden = false;
+    if (timing.firstSound === null && !audio.paused) {
+      audio.addEventListener("timeupdate", function later() {
+        if (timing.firstSound === null) return;
+        result.querySelector("[data-fact=sound]").textContent = sound();
+        audio.removeEventListener("timeupdate", later);
+      });
+    }
+    Object.assign(result.dataset, {
+      firstByteMs: String(Math.round(timing.firstByte - timing.started)),
+      completeMs: String(Math.round(timing.complete - timing.started)),
+    });
     announce(result, `Speech ready: ${audioSeconds.toFixed(1)} seconds of audio, made in ${took.toFixed(1)} seconds${cold ? " including the model load" : ""}.`);
   }
 
@@ -379,6 +509,11 @@
       update();
     });
     all("[data-recorder]").forEach(initRecorder);
+    all(".status-line--ok").forEach((line) => { if (line.textContent.trim()) fadeStatus(line); });
+    all("[data-dismiss]").forEach((button) => button.addEventListener("click", () => {
+      const region = document.querySelector(button.dataset.dismiss);
+      if (region) region.replaceChildren();
+    }));
     all("form:has([data-mode-select])").forEach(initModeSwitch);
     all("form:has([data-source-choice])").forEach(initSourceChoice);
     all("[data-insert-tag]").forEach((button) => button.addEventListener("click", () => insertTag(button)));

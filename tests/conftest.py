@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Warm spares off for the engine families whose spare imports torch (service/lifecycle/spares.py): a test server
+# would otherwise spend seconds of CPU at start-up, and again after each load, on a spare it never takes.
+# tests/lifecycle/test_spares.py tests spares; the servers and apps of the other tests keep none unless one asks.
+WITHOUT_SPARES = ("transformers=0", "step-audio=0")
 
 
 def tone_model(model_id: str = "tone", idle_timeout: float = 300.0, **options: Any) -> ModelSpec:
@@ -116,14 +122,14 @@ def make_client(request: pytest.FixtureRequest, tmp_path: Path) -> ClientFactory
     (tests/support/memory_workers.py) and the client calls the app in-process (tests/support/asgi.py), for tests of
     HTTP behaviour. Otherwise: uvicorn on a real socket, each model in a real worker process, for tests whose point
     is processes and sockets (crashes, kills, disconnects, pids and memory), and for tests marked `real_processes`
-    in a module marked `in_process`."""
+    in a module marked `in_process`. The default settings keep no warm spares (WITHOUT_SPARES)."""
     node = request.node
     in_process = node.get_closest_marker("in_process") is not None and node.get_closest_marker("real_processes") is None
 
     def build(
         settings: Settings | None = None, models: tuple[ModelSpec, ...] = ()
     ) -> AbstractAsyncContextManager[AppClient]:
-        settings = settings or Settings(data_dir=tmp_path / "data")
+        settings = settings or Settings(data_dir=tmp_path / "data", warm_spares=WITHOUT_SPARES)
         if in_process:
             return serve_in_process(app_with_in_memory_workers(settings, models))
         return serve(create_app(settings, models))
@@ -161,18 +167,26 @@ class ServerProcess:
         raise TimeoutError(f"server not ready:\n{self.log()}")
 
 
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+@contextmanager
+def server_starter(folder: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts `python -m service` with its data and logs under `folder`, without warm spares unless `env` sets
+    WARM_SPARES; every server started is stopped at the end."""
     servers: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
         port = free_port()
-        log_path = tmp_path / f"server-{port}.log"
+        log_path = folder / f"server-{port}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service", "--port", str(port), *args],
                 cwd=PROJECT_ROOT,
-                env={**os.environ, "LOG_FORMAT": "json", "DATA_DIR": str(tmp_path / "data"), **(env or {})},
+                env={
+                    **os.environ,
+                    "LOG_FORMAT": "json",
+                    "DATA_DIR": str(folder / "data"),
+                    "WARM_SPARES": ",".join(WITHOUT_SPARES),
+                    **(env or {}),
+                },
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -181,7 +195,19 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         server.wait_ready()
         return server
 
-    yield start
+    try:
+        yield start
+    finally:
+        stop_servers(servers)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    with server_starter(tmp_path) as start:
+        yield start
+
+
+def stop_servers(servers: list[ServerProcess]) -> None:
     for server in servers:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGTERM)

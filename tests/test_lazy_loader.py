@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -14,11 +14,13 @@ from anyio.abc import TaskGroup
 from service.lazy_loader import (
     CapacityExhausted,
     LazyLoader,
+    Lease,
     LifecycleEvent,
     LoadCalledOff,
     LoadFailed,
     ModelPolicy,
     ModelUnavailable,
+    Placement,
     QueueFull,
     ShuttingDown,
     SlotState,
@@ -81,13 +83,15 @@ class FakeLauncher:
     def __init__(self, rss_bytes: int = 1000) -> None:
         self.launches: Counter[str] = Counter()
         self.workers: list[FakeWorker] = []
+        self.placements: list[Placement] = []
         self.gate: anyio.Event | None = None
         self.loading: anyio.Event | None = None
         self.failure: str | None = None
         self.rss_bytes = rss_bytes
 
-    async def __call__(self, model: str, task_group: TaskGroup) -> FakeWorker:
+    async def __call__(self, model: str, placement: Placement, task_group: TaskGroup) -> FakeWorker:
         self.launches[model] += 1
+        self.placements.append(placement)
         if self.gate is not None:
             await self.gate.wait()
         if self.failure:
@@ -97,7 +101,7 @@ class FakeLauncher:
         return worker
 
 
-def policies(*models: str, idle_timeout: float = 300.0, **options: bool) -> dict[str, ModelPolicy]:
+def policies(*models: str, idle_timeout: float = 300.0, **options: Any) -> dict[str, ModelPolicy]:
     return {model: ModelPolicy(idle_timeout=idle_timeout, **options) for model in models}
 
 
@@ -672,3 +676,192 @@ async def test_unloading_a_loading_model_calls_off_the_load_ends_its_worker_and_
         launcher.loading.set()
         (await loader.acquire("b")).release()
         assert loader.state("b") is SlotState.LOADED
+
+
+# ---- replicas
+
+
+def scaling(*models: str, replicas_max: int = 2, **options: Any) -> dict[str, ModelPolicy]:
+    """Policies of models that may scale out to `replicas_max` replicas."""
+    return policies(*models, replicas_max=replicas_max, **options)
+
+
+async def test_requests_scale_a_model_out_one_replica_at_a_time_up_to_replicas_max() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(scaling("a", devices=("cuda:0", "cuda:1")), launcher, max_loaded=4)
+    async with loader.running(grace=1.0), anyio.create_task_group() as group:
+        first = await loader.acquire("a")
+        second = await loader.acquire("a")
+        assert {first.replica, second.replica} == {0, 1}
+        assert (first.cold, second.cold) == (True, True)
+        assert [(placement.index, placement.device) for placement in launcher.placements] == [
+            (0, "cuda:0"),
+            (1, "cuda:1"),
+        ]
+        leases: list[Lease[FakeWorker]] = []
+
+        async def third() -> None:
+            leases.append(await loader.acquire("a"))
+
+        group.start_soon(third)
+        await until(lambda: loader.snapshots_now()[0].queued == 1)
+        assert launcher.launches["a"] == 2
+        second.release()
+        await until(lambda: bool(leases))
+        assert (leases[0].replica, leases[0].cold) == (1, False)
+        first.release()
+        leases[0].release()
+        snapshot = await loader.snapshot("a")
+        assert [(replica.index, replica.state, replica.device) for replica in snapshot.replicas] == [
+            (0, SlotState.LOADED, "cuda:0"),
+            (1, SlotState.LOADED, "cuda:1"),
+        ]
+        assert snapshot.memory is not None
+        assert snapshot.memory.rss_bytes == 2000
+        assert snapshot.pid == launcher.workers[0].pid
+
+
+async def test_an_idle_replica_is_used_before_another_loads_and_the_lowest_free_first() -> None:
+    launcher = FakeLauncher()
+    async with LazyLoader(scaling("a", replicas_max=3), launcher, max_loaded=4).running(grace=1.0) as loader:
+        leases = [await loader.acquire("a") for _ in range(3)]
+        for lease in leases:
+            lease.release()
+        for _ in range(5):
+            lease = await loader.acquire("a")
+            assert lease.replica == 0
+            lease.release()
+        assert launcher.launches["a"] == 3
+
+
+async def test_each_replica_is_reaped_at_its_own_deadline_down_to_replicas_min_and_a_lease_pins_its_own() -> None:
+    policy = scaling("a", replicas_max=3, idle_timeout=0.2, replicas_min=1)
+    async with LazyLoader(policy, FakeLauncher(), max_loaded=4).running(grace=1.0) as loader:
+        await until(lambda: loader.state("a") is SlotState.LOADED)
+        leases = [await loader.acquire("a") for _ in range(3)]
+        leases[2].release()
+        await until(lambda: len(loader.snapshots_now()[0].replicas) == 2)
+        assert [replica.index for replica in loader.snapshots_now()[0].replicas] == [0, 1]
+        leases[1].release()
+        await until(lambda: len(loader.snapshots_now()[0].replicas) == 1)
+        await anyio.sleep(0.3)  # past the idle timeout: the busy replica stays, and stays as replicas_min
+        leases[0].release()
+        await anyio.sleep(0.3)
+        snapshot = await loader.snapshot("a")
+        assert (snapshot.state, [replica.index for replica in snapshot.replicas]) == (SlotState.LOADED, [0])
+        assert snapshot.seconds_until_unload is None
+        assert snapshot.unloads_by_reason == {"idle": 2}
+    reaped = [record.fields["replica"] for record in loader.events if record.fields.get("reason") == "idle"]
+    assert reaped == [2, 1]
+
+
+async def test_replicas_min_loads_at_start_up_and_keep_alive_applies_to_every_replica() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(scaling("a", replicas_max=3, replicas_min=2), launcher, max_loaded=4)
+    async with loader.running(grace=1.0):
+        await until(lambda: len(loader.workers("a")) == 2)
+        assert launcher.launches["a"] == 2
+        leases = [await loader.acquire("a", keep_alive=0) for _ in range(3)]
+        for lease in leases:
+            lease.release()
+        await until(lambda: len(loader.workers("a")) == 2)
+        assert loader.snapshots_now()[0].unloads_by_reason == {"keep_alive": 1}
+
+
+async def test_a_manual_unload_drains_and_ends_every_replica_and_reports_each() -> None:
+    launcher = FakeLauncher()
+    async with LazyLoader(scaling("a"), launcher, max_loaded=4).running(grace=1.0) as loader:
+        first, second = await loader.acquire("a"), await loader.acquire("a")
+        reports: list[UnloadReport] = []
+
+        async def unload() -> None:
+            reports.append(await loader.unload("a"))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(unload)
+            await until(lambda: loader._slot("a").drains == 1)
+            first.release()
+            await anyio.lowlevel.checkpoint()
+            assert not reports
+            second.release()
+        (report,) = reports
+        assert [(replica.index, replica.pid, replica.exit_code) for replica in report.replicas] == [
+            (0, launcher.workers[0].pid, 0),
+            (1, launcher.workers[1].pid, 0),
+        ]
+        assert [replica.freed_rss_bytes for replica in report.replicas] == [1000, 1000]
+        assert (report.requests_drained, report.freed_rss_bytes, report.pid) == (2, 2000, launcher.workers[0].pid)
+        assert loader.state("a") is SlotState.UNLOADED
+        assert [worker.code for worker in launcher.workers] == [0, 0]
+
+
+async def test_a_crashed_replica_leaves_the_others_serving() -> None:
+    launcher = FakeLauncher()
+    async with LazyLoader(scaling("a"), launcher, max_loaded=4).running(grace=1.0) as loader:
+        first, second = await loader.acquire("a"), await loader.acquire("a")
+        first.release()
+        launcher.workers[0].exit(-9)
+        await until(lambda: len(loader.snapshots_now()[0].replicas) == 1)
+        snapshot = loader.snapshots_now()[0]
+        assert (snapshot.state, snapshot.in_flight, snapshot.last_unload_reason) == (
+            SlotState.LOADED,
+            1,
+            UnloadReason.CRASH,
+        )
+        second.release()
+        lease = await loader.acquire("a")
+        assert (lease.replica, lease.worker) == (1, launcher.workers[1])
+        lease.release()
+
+
+async def test_eviction_counts_replicas_and_takes_one_at_a_time() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(scaling("a", "b", replicas_max=2), launcher, max_loaded=2)
+    async with loader.running(grace=1.0):
+        leases = [await loader.acquire("a") for _ in range(2)]
+        for lease in leases:
+            lease.release()
+        (await loader.acquire("b")).release()
+        assert [len(loader.workers(model)) for model in "ab"] == [1, 1]
+        assert loader.snapshots_now()[0].unloads_by_reason == {"evicted": 1}
+
+
+async def test_a_scale_out_neither_evicts_nor_waits_for_room() -> None:
+    launcher = FakeLauncher()
+    loader = LazyLoader(scaling("a", "b"), launcher, max_loaded=2)
+    async with loader.running(grace=1.0), anyio.create_task_group() as group:
+        (await loader.acquire("b")).release()
+        first = await loader.acquire("a")
+        served: list[int] = []
+
+        async def second() -> None:
+            lease = await loader.acquire("a")
+            served.append(lease.replica)
+            lease.release()
+
+        group.start_soon(second)
+        await until(lambda: loader.snapshots_now()[0].queued == 1)
+        assert (launcher.launches["a"], loader.state("b")) == (1, SlotState.LOADED)
+        first.release()
+        await until(lambda: served == [0])
+
+
+async def test_a_failed_scale_out_fails_no_request_while_another_replica_serves() -> None:
+    launcher = FakeLauncher()
+    async with LazyLoader(scaling("a"), launcher, max_loaded=4, load_backoff=60).running(grace=1.0) as loader:
+        first = await loader.acquire("a")
+        launcher.failure = "cuda:1 is broken"
+        served: list[int] = []
+
+        async def second() -> None:
+            lease = await loader.acquire("a")
+            served.append(lease.replica)
+            lease.release()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(second)
+            await until(lambda: loader.snapshots_now()[0].consecutive_failures == 2)
+            assert (loader.state("a"), launcher.launches["a"]) == (SlotState.LOADED, 3)
+            first.release()
+        assert served == [0]
+        assert launcher.launches["a"] == 3  # backing off: the failing replica is not retried at every change

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import PROJECT_ROOT, Settings, build_parser, load_settings
+from service.settings import PROJECT_ROOT, Settings, build_parser, load_settings, warm_spares_by_engine
 
 
 def test_defaults() -> None:
@@ -202,6 +202,12 @@ def test_unparsable_values_name_the_flag_and_variable(env: str, flag: str, raw: 
         ("PORT", "--port", "70000"),
         ("MAX_LOADED_MODELS", "--max-loaded-models", "0"),
         ("LOG_FORMAT", "--log-format", "xml"),
+        ("REPLICAS_MAX", "--replicas-max", "0"),
+        ("REPLICAS_MIN", "--replicas-min", "2"),
+        ("REPLICA_THREADS", "--replica-threads", "-1"),
+        ("WARM_SPARES", "--warm-spares", "piper"),
+        ("WARM_SPARES", "--warm-spares", "piper=-1"),
+        ("WARM_SPARES", "--warm-spares", "=2"),
     ],
 )
 def test_out_of_range_values_name_the_flag_and_variable(env: str, flag: str, raw: str) -> None:
@@ -213,7 +219,16 @@ def test_out_of_range_values_name_the_flag_and_variable(env: str, flag: str, raw
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"port": 0}, {"port": 65536}, {"max_loaded_models": 0}, {"log_format": "xml"}],
+    [
+        {"port": 0},
+        {"port": 65536},
+        {"max_loaded_models": 0},
+        {"log_format": "xml"},
+        {"replicas_max": 0},
+        {"replicas_min": 3, "replicas_max": 2},
+        {"replica_threads": -2},
+        {"warm_spares": ("transformers=one",)},
+    ],
 )
 def test_settings_validate_themselves(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -307,3 +322,21 @@ def test_load_timeout_has_a_default_fit_for_gpu_loads_a_flag_and_a_variable() ->
 def test_a_load_timeout_that_is_not_positive_is_refused_naming_the_setting(raw: str) -> None:
     with pytest.raises(ValueError, match="--load-timeout / LOAD_TIMEOUT: must be more than 0 seconds"):
         load_settings([], {"LOAD_TIMEOUT": raw})
+
+
+def test_replica_settings_come_from_flags_and_variables() -> None:
+    settings = load_settings(["--replicas-max", "4", "--replica-threads", "1"], {"REPLICAS_MIN": "1"})
+    assert (settings.replicas_min, settings.replicas_max, settings.replica_threads) == (1, 4, 1)
+
+
+def test_warm_spares_are_pairs_over_the_measured_defaults() -> None:
+    """Spares default on for the families whose imports take seconds and off for Piper's (docs/benchmarks.md); the
+    setting's pairs win over the defaults, and an engine named nowhere gets none."""
+    assert warm_spares_by_engine(Settings()) == {"piper": 0, "transformers": 1, "step-audio": 1}
+    chosen = load_settings([], {"WARM_SPARES": "piper=2,step-audio=0,tests.support.engines:ToneEngine=1"})
+    assert warm_spares_by_engine(chosen) == {
+        "piper": 2,
+        "transformers": 1,
+        "step-audio": 0,
+        "tests.support.engines:ToneEngine": 1,
+    }

@@ -18,6 +18,7 @@ import pytest
 import soundfile
 
 from tests.conftest import ServerProcess
+from tests.support.audio import tone
 from tests.support.ffmpeg_audio import silent_adts, silent_webm
 from tests.support.processes import memory_kib, reset_peak
 from tests.support.step_audio_standin import write_standin
@@ -38,13 +39,18 @@ ALLOWED_DECODED_BYTES = MAX_AUDIO_SECONDS * WIDEST_RATE * 4
 PEAK_GROWTH_BOUND = 3 * ALLOWED_DECODED_BYTES + (24 << 20)
 
 
-def silent_flac(seconds: int, channels: int, rate: int = WIDEST_RATE) -> bytes:
-    """Silence as FLAC, written a second at a time so the test holds little of it; it compresses to almost nothing."""
+def silent_flac(seconds: int, channels: int, rate: int = WIDEST_RATE, *, spoken: bool = False) -> bytes:
+    """Silence as FLAC, written a second at a time so the test holds little of it; it compresses to almost nothing.
+    `spoken`: its first second is a tone on the first channel, enough sound for a voice (the library refuses silent
+    clips)."""
     buffer = io.BytesIO()
     second = np.zeros((rate, channels), np.float32)
     with soundfile.SoundFile(buffer, "w", samplerate=rate, channels=channels, format="FLAC") as sound:
-        for _ in range(seconds):
-            sound.write(second)
+        for index in range(seconds):
+            if spoken and index == 0:
+                sound.write(np.pad(tone(1.0, rate)[:, None], ((0, 0), (0, channels - 1))))
+            else:
+                sound.write(second)
     return buffer.getvalue()
 
 
@@ -135,7 +141,7 @@ def test_bombs_at_every_audio_route_are_refused_within_a_small_multiple_of_the_a
 ) -> None:
     server = editing_server(start_server, tmp_path)
     pid = server.process.pid
-    widest_allowed = silent_flac(MAX_AUDIO_SECONDS, 8)
+    widest_allowed = silent_flac(MAX_AUDIO_SECONDS, 8, spoken=True)
     # every route's code, and the decoder's, run once on small files before the peak is measured
     send_everywhere(server, silent_flac(MAX_AUDIO_SECONDS + 1, 1), "audio_too_long")
     for short_bomb in (silent_adts, silent_webm):

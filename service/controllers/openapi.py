@@ -216,3 +216,11 @@ class SpeechOperation(Operation):
     def __post_init__(self) -> None:
         if self.responses is not None:
             self.responses["200"] = _audio_response(event_stream=True)
+
+
+# the API docs page's introduction (OpenAPI `info.description`, Markdown), with the way back to the web UI
+API_DESCRIPTION = """Text to speech behind one port: the OpenAI-compatible speech endpoint, this server's model \
+lifecycle and voice library, health and metrics. Each operation says what it does; errors are OpenAI's JSON shape.
+
+**The web UI on this port:** [Speak](/) · [Clone & edit](/edit) · [Voices](/voices) · [Models](/models) · \
+[Guide](/guide/api) (docs/api.md: every field, header and error)."""

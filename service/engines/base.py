@@ -166,6 +166,26 @@ class Engine(Protocol):
 
 
 class EngineFactory(Protocol):
+    """An engine class. Optional hooks, looked up by name: `import_options(options)` (the options its imports depend
+    on), `import_libraries(import options)` (import what a load needs, without weights and without touching a GPU:
+    what a warm spare does before it knows its model), `probe_options` and `probe` (the start-up import probe); on
+    the engine object, `check()` (cheap checks of its files, run before the imports: a wrong model is refused at once)
+    and `warm_up()` (a first pass after `load`, before the first request)."""
+
     def __call__(self, options: Mapping[str, Any]) -> Engine: ...
 
     def describe(self, options: Mapping[str, Any]) -> Capabilities: ...
+
+
+def import_options(engine: EngineFactory, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a model's options that its engine's imports depend on (none unless the engine says): models
+    whose engine, environment and import options match can share a warm spare."""
+    hook = getattr(engine, "import_options", None)
+    return {} if hook is None else dict(hook(options))
+
+
+def import_libraries(engine: EngineFactory, options: Mapping[str, Any]) -> None:
+    """Run the engine's `import_libraries` hook with these import options (`import_options`); a no-op without one."""
+    hook = getattr(engine, "import_libraries", None)
+    if hook is not None:
+        hook(options)

@@ -49,8 +49,22 @@ def _voice_config(options: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def _session_with_threads(model_path: str, threads: int) -> Any:
+    """An onnxruntime session of the voice that computes each operator on `threads` CPU threads."""
+    import onnxruntime  # type: ignore[import-untyped]
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 class PiperEngine:
-    """Options: `model_path` (the .onnx file), optional `config_path` and `voice_name`."""
+    """Options: `model_path` (the .onnx file), optional `config_path`, `voice_name` and `threads` (onnxruntime's
+    intra-op threads; default: onnxruntime's, one per core)."""
+
+    # a replica's CPU threads (models file `threads`) arrive as the `threads` option
+    takes_threads = True
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self._options = dict(options)
@@ -69,10 +83,22 @@ class PiperEngine:
             default_voice=speakers[0] if speakers else default_voice,
         )
 
+    @classmethod
+    def import_libraries(cls, options: Mapping[str, Any]) -> None:
+        """piper, and through it onnxruntime, as a load imports them (a warm spare's work)."""
+        import piper  # noqa: F401
+
     def load(self) -> None:
         from piper import PiperVoice
 
-        self._voice = PiperVoice.load(self._options["model_path"], config_path=self._options.get("config_path"))
+        threads = self._options.get("threads")
+        if not threads:
+            self._voice = PiperVoice.load(self._options["model_path"], config_path=self._options.get("config_path"))
+            return
+        from piper import PiperConfig
+
+        session = _session_with_threads(str(self._options["model_path"]), int(threads))
+        self._voice = PiperVoice(config=PiperConfig.from_dict(_voice_config(self._options)), session=session)
 
     def synthesize(self, request: SynthesisRequest) -> Iterator[AudioChunk]:
         from piper import SynthesisConfig

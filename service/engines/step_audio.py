@@ -319,6 +319,18 @@ class StepAudioEngine:
             raise RuntimeError("; ".join(problems))
         import_checkout(project_dir)
 
+    # a warm spare imports what the probe imports (the checkout, and through it torch, transformers, onnxruntime,
+    # librosa and FunASR's code), but with the model's own environment
+    import_options = probe_options
+    import_libraries = probe
+
+    def check(self) -> VariantCheck:
+        """The variant's files, checked before the worker imports the checkout (seconds of torch and FunASR)."""
+        check = check_variant(Path(self._options["project_dir"]), Path(self._options["models_dir"]), self._variant)
+        if check.problems:
+            raise RuntimeError("; ".join(check.problems))
+        return check
+
     def load(self) -> None:
         import torch
 
@@ -326,9 +338,7 @@ class StepAudioEngine:
             raise RuntimeError(NEEDS_GPU)
         project_dir = Path(self._options["project_dir"])
         models_dir = Path(self._options["models_dir"])
-        check = check_variant(project_dir, models_dir, self._variant)
-        if check.problems:
-            raise RuntimeError("; ".join(check.problems))
+        check = self.check()
         tokenizer_module, tts_module = import_checkout(project_dir)
         tokenizer_class = tokenizer_module.StepAudioTokenizer
         # the fork's tokenizer caches FunASR results under a hard-coded /app/cache/funasr unless told not to

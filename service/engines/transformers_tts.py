@@ -249,9 +249,19 @@ class TransformersEngine:
             supports_instructions=False,
         )
 
+    @classmethod
+    def import_libraries(cls, options: Mapping[str, Any]) -> None:
+        """torch, transformers and the model classes a load imports (a warm spare's work); nothing here initialises
+        CUDA, so a spare holds no GPU memory. bitsandbytes is left to the load of a quantized model."""
+        _offline()
+        import torch  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
+        from transformers.models.bark.modeling_bark import BarkModel  # noqa: F401
+        from transformers.models.speecht5.modeling_speecht5 import SpeechT5ForTextToSpeech  # noqa: F401
+        from transformers.models.vits.modeling_vits import VitsModel  # noqa: F401
+
     def load(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hub from a worker
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars in the worker's log
+        _offline()
         import torch
 
         options = self._options
@@ -315,6 +325,11 @@ class TransformersEngine:
 
 
 # ---- what runs in the worker only
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the Hub from a worker
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars in the worker's log
 
 
 def _torch_dtype(options: TransformersOptions) -> torch.dtype:

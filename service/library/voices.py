@@ -34,6 +34,12 @@ CUSTOM_VOICE_ID = re.compile(r"voice_[0-9a-f]{32}")
 AUDIO_SAMPLE = "audio_sample"
 MAX_TRANSCRIPT_CHARS = 2000
 MAX_LABEL_CHARS = 256
+# a reference clip must hold speech: 20 ms frames louder than SILENT_DBFS and within SPEECH_RANGE_DB of the loudest
+# frame count as sound, and there must be at least MIN_SPEECH_SECONDS of them
+SPEECH_FRAME_SECONDS = 0.02
+SILENT_DBFS = -50.0
+SPEECH_RANGE_DB = 35.0
+MIN_SPEECH_SECONDS = 0.4
 
 Item = TypeVar("Item")
 
@@ -144,6 +150,28 @@ def checked_label(label: str, param: str) -> str:
     if len(text) > MAX_LABEL_CHARS:
         raise InvalidRequest(f"{param} is longer than {MAX_LABEL_CHARS} characters", param=param, code="invalid_value")
     return text
+
+
+def check_speech(clip: AudioClip, param: str) -> None:
+    """Refuse a clip that is silent, or holds less than MIN_SPEECH_SECONDS of sound above its own noise floor:
+    nothing could clone it."""
+    frame = max(1, round(clip.sample_rate * SPEECH_FRAME_SECONDS))
+    count = len(clip.samples) // frame
+    frames = np.asarray(clip.samples[: count * frame], dtype=np.float64).reshape(count, frame)
+    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12) if count else np.zeros(0)
+    loudest = float(levels.max()) if count else -120.0
+    if loudest < SILENT_DBFS:
+        raise VoiceError(
+            f"{param} is silent (its loudest moment is {loudest:.0f} dBFS): record or choose a clip of clear speech",
+            param,
+        )
+    sound = int(np.count_nonzero(levels >= max(SILENT_DBFS, loudest - SPEECH_RANGE_DB))) * frame / clip.sample_rate
+    if sound < MIN_SPEECH_SECONDS:
+        raise VoiceError(
+            f"{param} holds only {sound:.2f} s of sound above its background; a voice needs at least "
+            f"{MIN_SPEECH_SECONDS} s of clear speech",
+            param,
+        )
 
 
 def wav_bytes(path: Path) -> bytes:
@@ -288,6 +316,7 @@ class VoiceLibrary:
     ) -> Voice:
         folder = self._folder(name)
         transcript = checked_transcript(transcript, required=True)
+        check_speech(clip, "audio")
         if name in self._presets or folder.exists():
             raise VoiceConflict(f"a voice named {name!r} exists already; delete it first or pick another name")
         voice = Voice(
@@ -307,6 +336,7 @@ class VoiceLibrary:
     def add_custom(self, clip: AudioClip, label: str, transcript: str, authorisation: Authorisation | None) -> Voice:
         """A custom voice of OpenAI's API under a new `voice_…` id, `label` its OpenAI name. Its transcript may be
         empty (PATCH gives it one later); the record of the consent that authorised it is stored with it."""
+        check_speech(clip, "audio_sample")
         name = f"voice_{secrets.token_hex(16)}"
         voice = Voice(
             name=name,

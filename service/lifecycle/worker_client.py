@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,12 @@ import structlog
 from anyio.abc import Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from service.engines.base import AudioChunk, AudioClip, EditRequest, GpuMemory, SynthesisRequest
+from service.engines import resolve_engine
+from service.engines.base import AudioChunk, AudioClip, EditRequest, GpuMemory, SynthesisRequest, import_options
 from service.lazy_loader import Worker
 from service.lifecycle.memory import MemoryUsage, measure
 from service.settings import PROJECT_ROOT
-from service.worker.protocol import PARENT_PID_ENV, Frame, FrameReader, ProtocolError, write_frame
+from service.worker.protocol import PARENT_PID_ENV, Frame, FrameReader, ProtocolError, Stage, write_frame
 
 log = structlog.get_logger("service.lifecycle.worker_client")
 
@@ -33,7 +35,8 @@ CANCEL_GRACE_SECONDS = 5.0
 
 
 class WorkerLoadError(RuntimeError):
-    """The worker could not load its engine; the message is the worker's own reason."""
+    """The worker could not load its engine (or a spare could not import its libraries); the message is the
+    worker's own reason."""
 
 
 class WorkerCrashed(RuntimeError):
@@ -93,6 +96,10 @@ class SpeechWorker(Worker, Protocol):
         ...
 
 
+# a stage of a load and when it began (wall clock, seconds since the epoch)
+StageMark = tuple[Stage, float]
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process loads: an engine name and its options; `python` runs it (default: the server's own
@@ -143,14 +150,17 @@ def _worker_environment(extra: Mapping[str, str] | None) -> dict[str, str]:
 
 
 async def _open_worker(spec: WorkerSpec, extra: Mapping[str, str] | None = None) -> Process:
-    return await anyio.open_process(
-        [spec.python or sys.executable, "-m", "service.worker"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=None,
-        env=_worker_environment({**(spec.environment or {}), **(extra or {})}),
-        start_new_session=True,
-    )
+    """Start a worker process; shielded, since a start cancelled half-way would leave a process nobody holds."""
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            [spec.python or sys.executable, "-m", "service.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=_worker_environment({**(spec.environment or {}), **(extra or {})}),
+            start_new_session=True,
+        )
+    return process
 
 
 async def probe(spec: WorkerSpec) -> str | None:
@@ -175,19 +185,101 @@ async def probe(spec: WorkerSpec) -> str | None:
     return problem
 
 
+async def _reap(process: Process, *, kill: bool) -> int:
+    """Wait for the process to end: SIGKILL first if `kill`, else ask, then terminate, then kill."""
+    if kill:
+        process.kill()
+    with anyio.move_on_after(STOP_GRACE_SECONDS):
+        return await process.wait()
+    process.terminate()
+    with anyio.move_on_after(STOP_GRACE_SECONDS):
+        return await process.wait()
+    process.kill()
+    return await process.wait()
+
+
+class SpareProcess:
+    """A warm spare: a worker process that has started Python and imported its engine's libraries (no model, no
+    GPU) and waits for the `load` of a model with its engine, environment and import options (`spec`)."""
+
+    def __init__(self, spec: WorkerSpec, process: Process, reader: FrameReader, started: float) -> None:
+        self.spec = spec
+        self.process = process
+        self.reader = reader
+        # its stages before any load: starting, importing
+        self.stages: list[StageMark] = [(Stage.STARTING, started)]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @classmethod
+    async def start(cls, spec: WorkerSpec) -> SpareProcess:
+        """Start a worker process and wait until it has imported its engine's libraries; raise WorkerLoadError
+        when it cannot. Cancelled, it kills the process and waits for its end."""
+        started = time.time()
+        process = await _open_worker(spec)
+        assert process.stdin is not None
+        assert process.stdout is not None
+        spare = cls(spec, process, FrameReader(process.stdout), started)
+        options = import_options(resolve_engine(spec.engine), spec.options)
+        try:
+            await write_frame(process.stdin, Frame({"op": "prepare", "engine": spec.engine, "options": options}))
+            answer = await spare.reader.read()
+            while answer is not None and answer.header.get("type") == "stage":
+                spare.stages.append((Stage(answer.header["stage"]), float(answer.header["at"])))
+                answer = await spare.reader.read()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _reap(process, kill=True)
+            raise
+        if answer is None or answer.header.get("type") != "prepared":
+            with anyio.CancelScope(shield=True):
+                returncode = await _reap(process, kill=False)
+            reason = answer.header.get("error") if answer is not None else None
+            raise WorkerLoadError(reason or f"spare exited with code {returncode} before it had imported")
+        return spare
+
+    async def wait(self) -> int:
+        """Wait until the process has exited and return its exit code."""
+        return await self.process.wait()
+
+    async def stop(self) -> int:
+        """End an unused spare: close its input (it exits), then terminate, then kill."""
+        with anyio.CancelScope(shield=True):
+            assert self.process.stdin is not None
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await self.process.stdin.aclose()
+            returncode = await _reap(self.process, kill=False)
+        return returncode
+
+
 class WorkerProcess:
     """One running worker. Requests are routed by id; the process serves them one at a time."""
 
-    def __init__(self, spec: WorkerSpec, process: Process, reader: FrameReader, task_group: TaskGroup) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        process: Process,
+        reader: FrameReader,
+        task_group: TaskGroup,
+        stages: list[StageMark] | None = None,
+    ) -> None:
         self.spec = spec
         self._process = process
         self._reader = reader
+        # this load's stages as they came; a load that took a spare has none before reading_weights
+        self.stages: list[StageMark] = stages or []
         self._task_group = task_group
         self._ids = itertools.count(1)
         self._pending: dict[int, _Inbound] = {}
         self._finishers: dict[int, Callable[[], None]] = {}
         self._write_lock = anyio.Lock()
         self._exited = anyio.Event()
+        # set once the load has ended, loaded or not
+        self.settled = anyio.Event()
+        # set once the worker has finished its first request, or has exited
+        self.first_answered = anyio.Event()
         self._stopping = False
         self.returncode: int | None = None
         self.exit_reason: str | None = None
@@ -197,6 +289,11 @@ class WorkerProcess:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def load_stage(self) -> StageMark | None:
+        """The stage the load is in now (the last one reported), None before the first."""
+        return self.stages[-1] if self.stages else None
+
     @classmethod
     async def start(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
         """Start a worker and wait until its engine is loaded; raise WorkerLoadError when it cannot load."""
@@ -205,11 +302,16 @@ class WorkerProcess:
         return worker
 
     @classmethod
-    async def spawn(cls, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
-        """Start a worker process and tell it to load its engine; `ready` waits for the load."""
-        process = await _open_worker(spec)
-        assert process.stdout is not None
-        worker = cls(spec, process, FrameReader(process.stdout), task_group)
+    async def spawn(cls, spec: WorkerSpec, task_group: TaskGroup, spare: SpareProcess | None = None) -> WorkerProcess:
+        """Start a worker process, or take `spare` (started for a spec with this one's engine, environment and import
+        options), and tell it to load its engine; `ready` waits for the load."""
+        if spare is not None:
+            worker = cls(spec, spare.process, spare.reader, task_group)
+        else:
+            started = time.time()
+            process = await _open_worker(spec)
+            assert process.stdout is not None
+            worker = cls(spec, process, FrameReader(process.stdout), task_group, [(Stage.STARTING, started)])
         try:
             await worker._send({"op": "load", "engine": spec.engine, "options": dict(spec.options)})
         except BaseException:
@@ -221,7 +323,16 @@ class WorkerProcess:
         """Wait until the engine is loaded; raise WorkerLoadError when it cannot load. Cancelled (a load timeout, an
         unload), it SIGKILLs the process, which may be stopped or stuck, and waits for its end."""
         try:
+            await self._load_answer()
+        finally:
+            self.settled.set()
+
+    async def _load_answer(self) -> None:
+        try:
             answer = await self._reader.read()
+            while answer is not None and answer.header.get("type") == "stage":
+                self.stages.append((Stage(answer.header["stage"]), float(answer.header["at"])))
+                answer = await self._reader.read()
         except BaseException:
             await self._end_unready(kill=True)
             raise
@@ -230,14 +341,16 @@ class WorkerProcess:
             reason = answer.header.get("error") if answer is not None else None
             raise WorkerLoadError(reason or f"worker exited with code {returncode} before it was ready")
         self.gpu_memory = GpuMemory(**answer.header["gpu"])
+        self.stages.append((Stage.READY, time.time()))
         self._task_group.start_soon(self._pump)
 
     async def _end_unready(self, *, kill: bool) -> int:
         """End a worker that never became ready (no pump watches it) and record its exit."""
         with anyio.CancelScope(shield=True):
-            returncode = await self._reap(kill=kill)
+            returncode = await _reap(self._process, kill=kill)
         self.returncode = returncode
         self._exited.set()
+        self.first_answered.set()
         return returncode
 
     async def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
@@ -267,6 +380,7 @@ class WorkerProcess:
             with anyio.CancelScope(shield=True):
                 self.returncode = await self._process.wait()
                 self._exited.set()
+                self.first_answered.set()
                 for inbound in self._pending.values():
                     inbound.send.close()
                 for request_id in list(self._finishers):
@@ -289,6 +403,7 @@ class WorkerProcess:
 
     def _finish(self, request_id: int) -> None:
         """The worker is done with this request (its frames may still be on their way to the client)."""
+        self.first_answered.set()
         finisher = self._finishers.pop(request_id, None)
         if finisher is not None:
             finisher()
@@ -425,16 +540,5 @@ class WorkerProcess:
                     await self._send({"op": "shutdown"})
                     assert self._process.stdin is not None
                     await self._process.stdin.aclose()
-            returncode = await self._reap(kill=False)
+            returncode = await _reap(self._process, kill=False)
         return returncode
-
-    async def _reap(self, *, kill: bool) -> int:
-        if kill:
-            self._process.kill()
-        with anyio.move_on_after(STOP_GRACE_SECONDS):
-            return await self._process.wait()
-        self._process.terminate()
-        with anyio.move_on_after(STOP_GRACE_SECONDS):
-            return await self._process.wait()
-        self._process.kill()
-        return await self._process.wait()

@@ -4,28 +4,30 @@ method takes a model id or an alias."""
 from __future__ import annotations
 
 from service.lazy_loader import LazyLoader, SlotState
+from service.lifecycle.spares import SparePool
 from service.lifecycle.worker_client import SpeechWorker
 from service.models.catalog import Catalog
 from service.models.views import ModelStatus, UnloadResult, model_status, unload_result
 
 
 class ModelAdmin:
-    def __init__(self, catalog: Catalog, loader: LazyLoader[SpeechWorker]) -> None:
+    def __init__(self, catalog: Catalog, loader: LazyLoader[SpeechWorker], spares: SparePool | None = None) -> None:
         self.catalog = catalog
         self.loader = loader
+        self.spares = spares
 
     async def status(self, model: str) -> ModelStatus:
         spec = self.catalog.lookup(model)
         snapshot = await self.loader.snapshot(spec.id)
-        worker = self.loader.worker(spec.id)
-        gpu = worker.gpu_memory if worker is not None else None
+        gpus = [worker.gpu_memory for worker in self.loader.workers(spec.id)]
         return model_status(
             snapshot,
             spec,
-            gpu.allocated_bytes if gpu else 0,
-            gpu.reserved_bytes if gpu else 0,
+            sum(gpu.allocated_bytes for gpu in gpus),
+            sum(gpu.reserved_bytes for gpu in gpus),
             self.catalog.probes.get(spec.id),
             self.catalog.unavailable.get(spec.id),
+            await self.spares.figures(spec.id) if self.spares is not None else None,
         )
 
     async def all_status(self) -> dict[str, ModelStatus]:

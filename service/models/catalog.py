@@ -17,7 +17,8 @@ from service.engines.piper import PiperVoiceError
 from service.engines.step_audio import VARIANT_FOLDERS, check_variant
 from service.engines.transformers_tts import ENGINE_NAME as TRANSFORMERS_ENGINE
 from service.engines.transformers_tts import MODEL_ID_PREFIX, find_model_folders
-from service.lazy_loader import ModelPolicy, ModelUnavailable, UnknownModel
+from service.lazy_loader import ModelPolicy, ModelUnavailable, Placement, UnknownModel
+from service.lifecycle.ray_request import RayRequest
 from service.lifecycle.worker_client import WorkerSpec
 from service.settings import Settings
 
@@ -60,6 +61,8 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     # OpenAI voice name -> the voice of this model it means (unmapped names mean the default voice)
     openai_voices: Mapping[str, str] = field(default_factory=dict)
+    warm_spares: int | None = None  # spare workers kept for it; None: its engine's (WARM_SPARES)
+    ray: RayRequest = field(default_factory=RayRequest)  # what each replica asks of a Ray cluster (RAY_ADDRESS)
 
     @classmethod
     def create(
@@ -95,9 +98,33 @@ class ModelSpec:
     def worker_spec(self) -> WorkerSpec:
         return WorkerSpec(self.id, self.engine, self.options, self.environment)
 
+    def placed(self, worker: WorkerSpec, placement: Placement) -> WorkerSpec:
+        """`worker` for one replica. Its device: `cuda:N` is CUDA_VISIBLE_DEVICES=N and `cpu` hides every GPU, and
+        the engine's `device` option, where the model has one, then names what the worker sees (`cuda`, `cpu`).
+        Its CPU threads: OMP_NUM_THREADS, and the `threads` option for an engine that takes it (Piper)."""
+        options = dict(worker.options)
+        environment = dict(worker.environment or {})
+        if placement.device is not None:
+            kind, _, gpu = placement.device.partition(":")
+            if gpu or kind == "cpu":
+                environment["CUDA_VISIBLE_DEVICES"] = gpu
+            if "device" in options:
+                options["device"] = kind
+        if placement.threads is not None:
+            environment["OMP_NUM_THREADS"] = str(placement.threads)
+            if getattr(resolve_engine(self.engine), "takes_threads", False):
+                options["threads"] = placement.threads
+        return replace(worker, options=options, environment=environment)
+
 
 def _policy(settings: Settings) -> ModelPolicy:
-    return ModelPolicy(idle_timeout=settings.idle_timeout, auto_unload=settings.auto_unload)
+    return ModelPolicy(
+        idle_timeout=settings.idle_timeout,
+        auto_unload=settings.auto_unload,
+        replicas_min=settings.replicas_min,
+        replicas_max=settings.replicas_max,
+        threads=settings.replica_threads or None,
+    )
 
 
 def discover_models(settings: Settings, unavailable: dict[str, str] | None = None) -> list[ModelSpec]:

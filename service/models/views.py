@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
-from service.lazy_loader import SlotSnapshot, SlotState, UnloadReason, UnloadReport
+from service.lazy_loader import ReplicaReport, ReplicaSnapshot, SlotSnapshot, SlotState, UnloadReason, UnloadReport
+from service.lifecycle.spares import SpareFigures
 from service.models.catalog import ModelSpec
 
 _GIB = 1024**3
@@ -14,8 +17,42 @@ def _gigabytes(value: int) -> float:
     return round(value / _GIB, 3)
 
 
+class WarmSpares(msgspec.Struct):
+    """The warm spares that can serve this model (shared by the models with its engine and environment)."""
+
+    configured: int
+    ready: int
+    starting: bool
+    pids: list[int]
+    rss_bytes: int
+    gpu_bytes: int | None
+    losses: int
+    last_error: str | None
+    next_start_in: float | None
+
+
+class ReplicaStatus(msgspec.Struct):
+    """One worker of a model: where it runs, what it serves, since when it is idle (wall clock), what it holds."""
+
+    index: int
+    state: SlotState
+    pid: int | None
+    node: str
+    device: str | None
+    threads: int | None
+    in_flight: int
+    requests: int
+    idle_since: float | None
+    time_until_unload: float | None
+    last_load_seconds: float | None
+    rss_bytes: int | None
+    gpu_bytes: int | None
+
+
 class ModelStatus(msgspec.Struct):
-    """One entry of /api/v1/models/status: the seed's fields first, then this service's (docs/api.md has each)."""
+    """One entry of /api/v1/models/status: the seed's fields first, then this service's (docs/api.md has each). The
+    seed's single-worker fields are aggregates over the replicas: pid the first one's, memory and requests summed,
+    idle_time and time_until_unload those of the model as a whole."""
 
     loaded: bool
     auto_unload: bool
@@ -48,6 +85,12 @@ class ModelStatus(msgspec.Struct):
     default_voice: str
     engine_probe: str | None
     unavailable: str | None
+    replicas_min: int
+    replicas_max: int
+    replicas: list[ReplicaStatus]
+    load_stage: str | None = None
+    load_stage_seconds: float | None = None
+    warm_spares: WarmSpares | None = None
 
 
 class FreedMemory(msgspec.Struct):
@@ -57,8 +100,20 @@ class FreedMemory(msgspec.Struct):
     gpu_bytes: int | None
 
 
+class ReplicaUnloaded(msgspec.Struct):
+    """One replica an unload ended."""
+
+    index: int
+    pid: int | None
+    node: str
+    device: str | None
+    exit_code: int | None
+    memory_freed: FreedMemory
+
+
 class UnloadResult(msgspec.Struct):
-    """What POST /api/v1/models/{id}/unload did."""
+    """What POST /api/v1/models/{id}/unload did: the first replica's pid and exit code, the memory all freed, and
+    each replica."""
 
     model: str
     previous_state: SlotState
@@ -71,6 +126,7 @@ class UnloadResult(msgspec.Struct):
     exit_code: int | None
     memory_freed: FreedMemory
     seconds: float
+    replicas: list[ReplicaUnloaded]
 
 
 def model_status(
@@ -80,8 +136,10 @@ def model_status(
     gpu_reserved: int,
     engine_probe: str | None = None,
     unavailable: str | None = None,
+    spares: SpareFigures | None = None,
 ) -> ModelStatus:
     memory = snapshot.memory
+    stage = snapshot.load_stage
     return ModelStatus(
         loaded=snapshot.loaded,
         auto_unload=snapshot.policy.auto_unload,
@@ -114,6 +172,60 @@ def model_status(
         default_voice=spec.capabilities.default_voice,
         engine_probe=engine_probe,
         unavailable=unavailable,
+        load_stage=None if stage is None else stage[0],
+        load_stage_seconds=None if stage is None else round(max(0.0, time.time() - stage[1]), 3),
+        warm_spares=None if spares is None else _warm_spares(spares),
+        replicas_min=snapshot.policy.replicas_min,
+        replicas_max=snapshot.policy.replicas_max,
+        replicas=[replica_status(replica) for replica in snapshot.replicas],
+    )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def replica_status(replica: ReplicaSnapshot) -> ReplicaStatus:
+    memory = replica.memory
+    return ReplicaStatus(
+        index=replica.index,
+        state=replica.state,
+        pid=replica.pid,
+        node=replica.node,
+        device=replica.device,
+        threads=replica.threads,
+        in_flight=replica.in_flight,
+        requests=replica.served,
+        idle_since=_rounded(replica.idle_since),
+        time_until_unload=_rounded(replica.seconds_until_unload),
+        last_load_seconds=_rounded(replica.load_seconds),
+        rss_bytes=memory.rss_bytes if memory else None,
+        gpu_bytes=memory.gpu_bytes if memory else None,
+    )
+
+
+def replica_unloaded(report: ReplicaReport) -> ReplicaUnloaded:
+    return ReplicaUnloaded(
+        index=report.index,
+        pid=report.pid,
+        node=report.node,
+        device=report.device,
+        exit_code=report.exit_code,
+        memory_freed=FreedMemory(rss_bytes=report.freed_rss_bytes, gpu_bytes=report.freed_gpu_bytes),
+    )
+
+
+def _warm_spares(figures: SpareFigures) -> WarmSpares:
+    return WarmSpares(
+        configured=figures.configured,
+        ready=figures.ready,
+        starting=figures.starting,
+        pids=list(figures.pids),
+        rss_bytes=figures.rss_bytes,
+        gpu_bytes=figures.gpu_bytes,
+        losses=figures.losses,
+        last_error=figures.last_error,
+        next_start_in=None if figures.next_start_in is None else round(figures.next_start_in, 3),
     )
 
 
@@ -130,4 +242,5 @@ def unload_result(report: UnloadReport) -> UnloadResult:
         exit_code=report.exit_code,
         memory_freed=FreedMemory(rss_bytes=report.freed_rss_bytes, gpu_bytes=report.freed_gpu_bytes),
         seconds=report.seconds,
+        replicas=[replica_unloaded(replica) for replica in report.replicas],
     )

@@ -1,6 +1,7 @@
 """Entry point of a worker process: loads one engine and serves synthesis requests over stdin/stdout frames.
 
-Run by the server as `python -m service.worker`; never imported by the server itself.
+Run by the server as `python -m service.worker`; never imported by the server itself. A warm spare is one whose
+first frame is `prepare`: it imports its engine's libraries, answers `prepared` and waits for its `load`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
 
 from service.engines import resolve_engine
-from service.engines.base import AudioChunk, AudioClip, EditRequest, Engine, EngineInputError, SynthesisRequest
-from service.worker.protocol import PARENT_PID_ENV, Frame, read_frame_sync, write_frame_sync
+from service.engines.base import AudioClip, Engine, EngineInputError, import_libraries, import_options
+from service.worker.engine_calls import engine_output, gpu_figures
+from service.worker.protocol import PARENT_PID_ENV, Frame, Stage, read_frame_sync, write_frame_sync
 
 _PR_SET_PDEATHSIG = 1
 
@@ -80,35 +81,16 @@ class Inbox:
             self._deferred.append(frame)
 
 
-def _gpu(engine: Engine) -> dict[str, int]:
-    memory = engine.gpu_memory()
-    return {"allocated_bytes": memory.allocated_bytes, "reserved_bytes": memory.reserved_bytes}
-
-
 def _audio(frame: Frame) -> AudioClip | None:
     rate = frame.header.get("audio_rate")
     return None if rate is None else AudioClip(np.frombuffer(frame.payload, dtype="<f4").copy(), int(rate))
-
-
-def _chunks(engine: Engine, frame: Frame) -> Iterator[AudioChunk]:
-    """The engine's output for a `synthesize` or `edit` frame."""
-    audio = _audio(frame)
-    if frame.header["op"] == "synthesize":
-        return engine.synthesize(SynthesisRequest.from_header(frame.header["request"], audio))
-    edit = getattr(engine, "edit", None)
-    if edit is None:
-        raise EngineInputError("mode", "this model cannot edit audio")
-    if audio is None:
-        raise EngineInputError("audio", "there is no audio to edit")
-    chunks: Iterator[AudioChunk] = edit(EditRequest.from_header(frame.header["request"], audio))
-    return chunks
 
 
 def _serve_request(engine: Engine, frame: Frame, inbox: Inbox, out: BinaryIO) -> None:
     request_id = frame.header["id"]
     cancelled = False
     try:
-        for chunk in _chunks(engine, frame):
+        for chunk in engine_output(engine, frame.header["op"], frame.header["request"], _audio(frame)):
             write_frame_sync(out, Frame({"type": "chunk", "id": request_id}, np.asarray(chunk, "<f4").tobytes()))
             if inbox.cancel_requested(request_id):
                 cancelled = True
@@ -122,7 +104,7 @@ def _serve_request(engine: Engine, frame: Frame, inbox: Inbox, out: BinaryIO) ->
         message = {"type": "error", "id": request_id, "kind": "engine", "message": f"{type(error).__name__}: {error}"}
         write_frame_sync(out, Frame(message))
         return
-    write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": _gpu(engine)}))
+    write_frame_sync(out, Frame({"type": "done", "id": request_id, "cancelled": cancelled, "gpu": gpu_figures(engine)}))
 
 
 def _probe(frame: Frame, out: BinaryIO) -> int:
@@ -132,27 +114,76 @@ def _probe(frame: Frame, out: BinaryIO) -> int:
         engine_class = resolve_engine(frame.header["engine"])
         getattr(engine_class, "probe", lambda options: None)(frame.header["options"])
     except Exception as error:  # whatever the probe meets is the answer, in words
-        traceback.print_exc()
-        problem = f"{type(error).__name__}: {error}"
+        problem = _failure(error)
     write_frame_sync(out, Frame({"type": "probed", "problem": problem}))
     return 0
+
+
+def _enter(stage: Stage, out: BinaryIO) -> None:
+    write_frame_sync(out, Frame({"type": "stage", "stage": stage.value, "at": time.time()}))
+
+
+def _failure(error: Exception) -> str:
+    traceback.print_exc()
+    return f"{type(error).__name__}: {error}"
+
+
+def _prepare(frame: Frame, out: BinaryIO) -> bool:
+    """A warm spare's work: import the engine's libraries (no model, no GPU) and say so; False if that failed."""
+    _enter(Stage.IMPORTING, out)
+    try:
+        import_libraries(resolve_engine(frame.header["engine"]), frame.header["options"])
+    except Exception as error:  # the spare's failure is reported to the server as text
+        write_frame_sync(out, Frame({"type": "prepare_failed", "error": _failure(error)}))
+        return False
+    write_frame_sync(out, Frame({"type": "prepared"}))
+    return True
+
+
+def _load(frame: Frame, out: BinaryIO, imported: bool) -> Engine:
+    """The engine of a `load` frame, through its stages: importing (unless a spare did it), reading weights,
+    warming up (engines with a `warm_up`). An engine's `check` runs first: a model whose files are wrong is refused
+    before seconds of imports."""
+    engine_class = resolve_engine(frame.header["engine"])
+    options = frame.header["options"]
+    engine: Engine = engine_class(options)
+    check = getattr(engine, "check", None)
+    if check is not None:
+        check()
+    if not imported:
+        _enter(Stage.IMPORTING, out)
+        import_libraries(engine_class, import_options(engine_class, options))
+    _enter(Stage.READING_WEIGHTS, out)
+    engine.load()
+    warm_up = getattr(engine, "warm_up", None)
+    if warm_up is not None:
+        _enter(Stage.WARMING_UP, out)
+        warm_up()
+    return engine
 
 
 def serve(inbox: Inbox, out: BinaryIO) -> int:
     first = inbox.next()
     if first is not None and first.header.get("op") == "probe":
         return _probe(first, out)
+    prepared_engine = None
+    if first is not None and first.header.get("op") == "prepare":
+        if not _prepare(first, out):
+            return 3
+        prepared_engine = first.header["engine"]
+        first = inbox.next()
+        if first is None or first.header.get("op") == "shutdown":
+            return 0  # a spare ended unused
     if first is None or first.header.get("op") != "load":
         return 2
     started = time.perf_counter()
     try:
-        engine: Engine = resolve_engine(first.header["engine"])(first.header["options"])
-        engine.load()
+        engine = _load(first, out, imported=first.header["engine"] == prepared_engine)
     except Exception as error:  # any load failure is reported to the server as text
-        traceback.print_exc()
-        write_frame_sync(out, Frame({"type": "load_failed", "error": f"{type(error).__name__}: {error}"}))
+        write_frame_sync(out, Frame({"type": "load_failed", "error": _failure(error)}))
         return 3
-    write_frame_sync(out, Frame({"type": "ready", "load_seconds": time.perf_counter() - started, "gpu": _gpu(engine)}))
+    ready = {"type": "ready", "load_seconds": time.perf_counter() - started, "gpu": gpu_figures(engine)}
+    write_frame_sync(out, Frame(ready))
     while (frame := inbox.next()) is not None:
         op = frame.header.get("op")
         if op in ("synthesize", "edit"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, BinaryIO
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -17,6 +18,19 @@ _PREFIX = struct.Struct(">II")
 PARENT_PID_ENV = "SERVICE_PARENT_PID"
 MAX_HEADER_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 30
+
+
+class Stage(StrEnum):
+    """Where a worker's load stands. The server marks `starting` when it starts the process; the worker sends the
+    others as `stage` frames (`{"type": "stage", "stage": ..., "at": wall-clock seconds}`) when it enters them, and
+    `ready` is its `ready` frame. A spare goes through `starting` and `importing` before any load; a load that takes
+    it begins at `reading_weights`."""
+
+    STARTING = "starting"
+    IMPORTING = "importing"
+    READING_WEIGHTS = "reading_weights"
+    WARMING_UP = "warming_up"
+    READY = "ready"
 
 
 class ProtocolError(RuntimeError):

@@ -20,7 +20,7 @@ from service.app import create_app
 from service.lazy_loader import ModelPolicy
 from service.models.catalog import Catalog, ModelSpec
 from service.settings import Settings
-from tests.conftest import AppClient, ClientFactory, serve
+from tests.conftest import WITHOUT_SPARES, AppClient, ClientFactory, serve
 from tests.support.checkouts import english_voice
 from tests.support.step_audio_standin import StandIn, write_standin
 
@@ -96,7 +96,7 @@ class TestDiscoveryAndLoading:
     @pytest.fixture
     def settings(self, tmp_path: Path) -> Settings:
         """Without the start-up import probe, unless a test is about it: each costs a process importing torch."""
-        return Settings(data_dir=tmp_path / "data", probe_engines=False)
+        return Settings(data_dir=tmp_path / "data", probe_engines=False, warm_spares=WITHOUT_SPARES)
 
     def test_every_complete_variant_folder_becomes_a_model(self, standin: StandIn) -> None:
         catalog = Catalog.from_settings(Settings(step_audio_dir=standin.checkout))
@@ -133,7 +133,9 @@ class TestDiscoveryAndLoading:
         streaming.mkdir()
         (streaming / "__init__.py").write_text("")
         (streaming / "model.py").write_text("import six_is_not_installed\n")
-        async with make_client(Settings(data_dir=tmp_path / "data"), (step_model(standin),)) as client:
+        async with make_client(
+            Settings(data_dir=tmp_path / "data", warm_spares=WITHOUT_SPARES), (step_model(standin),)
+        ) as client:
             with anyio.fail_after(60):
                 while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
                     "engine_probe"
@@ -157,7 +159,9 @@ class TestDiscoveryAndLoading:
         self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
     ) -> None:
         (standin.checkout / "tts.py").unlink()
-        async with make_client(Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d")) as client:
+        async with make_client(
+            Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d", warm_spares=WITHOUT_SPARES)
+        ) as client:
             body = (await client.get("/api/v1/models/unavailable")).json()
         assert set(body) == {"step-audio-editx-base", "step-audio-editx-bnb", "step-audio-editx-awq"}
         assert all("tts.py is missing" in reason for reason in body.values())
@@ -169,7 +173,12 @@ class TestDiscoveryAndLoading:
         self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
     ) -> None:
         async with make_client(
-            Settings(step_audio_dir=standin.checkout, data_dir=tmp_path / "d", probe_engines=False)
+            Settings(
+                step_audio_dir=standin.checkout,
+                data_dir=tmp_path / "d",
+                probe_engines=False,
+                warm_spares=WITHOUT_SPARES,
+            )
         ) as client:
             await add_voice(client)
             response = await client.post(
@@ -228,7 +237,7 @@ def shared_standin(tmp_path_factory: pytest.TempPathFactory) -> StandIn:
 @pytest.fixture(scope="module")
 async def step_client(shared_standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AppClient]:
     """One server for the rest of this module, its stand-in model loaded once and a library voice added."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), probe_engines=False)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("data"), probe_engines=False, warm_spares=WITHOUT_SPARES)
     async with serve(create_app(settings, (step_model(shared_standin, default_voice="narrator"),))) as client:
         await add_voice(client)
         assert (await client.post("/api/v1/models/sa-bnb/load")).status_code == 200

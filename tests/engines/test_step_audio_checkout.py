@@ -29,7 +29,7 @@ from service.engines.step_audio import check_checkout, check_variant
 from service.lazy_loader import ModelPolicy
 from service.models.catalog import ModelSpec
 from service.settings import Settings
-from tests.conftest import AppClient, serve
+from tests.conftest import WITHOUT_SPARES, AppClient, serve
 from tests.support.checkouts import CHECKOUTS_ENV, checkouts
 from tests.support.container import container_python
 from tests.support.step_audio_standin import write_placeholder_models
@@ -200,7 +200,9 @@ def app_for(watched: Watched, tmp_path: Path) -> AppFor:
 
     def build(checkout: Path, *, probe: bool) -> AbstractAsyncContextManager[AppClient]:
         models = write_placeholder_models(tmp_path / "models")
-        settings = Settings(data_dir=watched.data, worker_python=watched.python, probe_engines=probe)
+        settings = Settings(
+            data_dir=watched.data, worker_python=watched.python, probe_engines=probe, warm_spares=WITHOUT_SPARES
+        )
         return serve(create_app(settings, (step_audio_model(checkout, models),)))
 
     return build

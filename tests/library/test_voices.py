@@ -684,3 +684,42 @@ async def test_fetch_does_not_leave_the_allowed_prefix_through_dot_segments() ->
 
     assert site.state.hits == [], "the server was asked for a path outside the allowed prefix"
     assert refusal(outcome) == (400, "url_not_allowed")
+
+
+# --- a voice must hold speech ------------------------------------------------------------------------------------
+
+
+def recorded(path: Path, samples: np.ndarray[Any, np.dtype[np.float32]]) -> AudioClip:
+    """The samples written to a real 16-bit WAV file and decoded again, as an upload would be."""
+    soundfile.write(path, samples, RATE, subtype="PCM_16")
+    return decoder().decode(path.read_bytes(), "audio")
+
+
+def hiss(seconds: float, level: float) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return (level * np.random.default_rng(7).standard_normal(round(seconds * RATE))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (np.zeros(3 * RATE, np.float32), "audio is silent"),
+        (hiss(3.0, 0.0005), "audio is silent"),  # a quiet room: about -66 dBFS
+        (np.concatenate([hiss(3.0, 0.001), tone(0.2), hiss(3.0, 0.001)]), "holds only 0.2"),
+    ],
+    ids=["digital-silence", "room-noise", "a-blip-in-noise"],
+)
+def test_a_clip_without_speech_is_refused(
+    tmp_path: Path, samples: np.ndarray[Any, np.dtype[np.float32]], message: str
+) -> None:
+    library = VoiceLibrary(tmp_path, [])
+    with pytest.raises(VoiceError) as refused:
+        library.add("quiet", recorded(tmp_path / "clip.wav", samples), "Hello.")
+    assert message in refused.value.message
+    assert refused.value.param == "audio"
+    assert library.all() == []
+
+
+def test_speech_over_background_noise_is_accepted(tmp_path: Path) -> None:
+    noisy = np.concatenate([hiss(1.0, 0.003), tone(1.5) + hiss(1.5, 0.003), hiss(1.0, 0.003)])
+    voice = VoiceLibrary(tmp_path, []).add("noisy", recorded(tmp_path / "clip.wav", noisy), "Hello.")
+    assert voice.seconds == pytest.approx(3.5, abs=0.01)

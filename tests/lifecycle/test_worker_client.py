@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -21,12 +22,14 @@ from service.engines.base import SynthesisRequest
 from service.lifecycle.memory import process_exists
 from service.lifecycle.worker_client import (
     EngineRequestError,
+    SpareProcess,
     WorkerCrashed,
     WorkerLoadError,
     WorkerProcess,
     WorkerSpec,
 )
 from service.settings import PROJECT_ROOT
+from service.worker.protocol import Stage
 from tests.support.engines import TONE_ENGINE
 from tests.support.processes import child_pids
 
@@ -65,6 +68,14 @@ async def test_a_load_failure_comes_back_as_the_worker_s_reason_and_leaves_no_pr
     with pytest.raises(WorkerLoadError, match="unknown engine"):
         await WorkerProcess.start(WorkerSpec("x", "nonexistent", {}), task_group)
     assert [pid for pid in child_pids(os.getpid()) if process_exists(pid)] == []
+
+
+async def test_a_model_whose_files_fail_the_engine_s_check_is_refused_before_the_imports(task_group: TaskGroup) -> None:
+    """A wrong models folder is said at once, not after seconds of imports (Step-Audio-EditX: torch and FunASR)."""
+    with pytest.raises(WorkerLoadError, match="RuntimeError: the weights folder is missing"):
+        await WorkerProcess.start(
+            tone(fail_check="the weights folder is missing", fail_import="the imports ran first"), task_group
+        )
 
 
 async def test_engine_errors_reach_the_request_and_the_worker_keeps_serving(task_group: TaskGroup) -> None:
@@ -190,3 +201,28 @@ async def test_stopping_a_worker_ends_its_request_in_flight_without_waiting_for_
             while not failures:
                 await anyio.sleep(0.01)
     assert not process_exists(worker.pid)
+
+
+async def test_a_load_reports_its_stages_in_order_with_their_times(task_group: TaskGroup) -> None:
+    before = time.time()
+    worker = await WorkerProcess.start(tone(import_seconds=0.1, load_seconds=0.1, warm_up_seconds=0.1), task_group)
+    try:
+        assert [stage for stage, _ in worker.stages] == list(Stage)
+        times = [at for _, at in worker.stages]
+        assert before <= times[0]
+        assert times == sorted(times)
+        # each knob's sleep lies between the stage it belongs to and the next one
+        assert all(later - earlier >= 0.1 for earlier, later in itertools.pairwise(times[1:]))
+        assert worker.load_stage == worker.stages[-1]
+        assert worker.load_stage[0] is Stage.READY
+    finally:
+        await worker.stop()
+
+
+async def test_a_spare_that_cannot_import_says_why_and_one_never_taken_stops_cleanly() -> None:
+    with pytest.raises(WorkerLoadError, match="ImportError: no torch here"):
+        await SpareProcess.start(tone(fail_import="no torch here"))
+    spare = await SpareProcess.start(tone())
+    assert [stage for stage, _ in spare.stages] == [Stage.STARTING, Stage.IMPORTING]
+    assert await spare.stop() == 0
+    assert [pid for pid in child_pids(os.getpid()) if process_exists(pid)] == []

@@ -222,3 +222,55 @@ openai_voices = {{ alloy = "high" }}
     (spec,) = load_model_config(path, Settings())
     assert spec.aliases == ("tts-1-hd", "duet")
     assert [spec.voice_for(name) for name in ("alloy", "echo", None, "low")] == ["high", "low", "low", "low"]
+
+
+def test_replicas_devices_threads_and_spares_come_from_the_models_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+[[models]]
+id = "wide"
+engine = "{TONE_ENGINE}"
+replicas_min = 1
+replicas_max = 4
+devices = ["cuda:0", "cuda:1"]
+threads = 2
+warm_spares = 0
+
+[[models]]
+id = "plain"
+engine = "{TONE_ENGINE}"
+""",
+    )
+    wide, plain = load_model_config(path, Settings(replicas_max=2, replica_threads=1))
+
+    assert (wide.policy.replicas_min, wide.policy.replicas_max) == (1, 4)
+    assert (wide.policy.devices, wide.policy.threads, wide.warm_spares) == (("cuda:0", "cuda:1"), 2, 0)
+    # what the file leaves out comes from the settings; warm_spares unset means the engine family's count
+    assert (plain.policy.replicas_min, plain.policy.replicas_max, plain.policy.threads) == (0, 2, 1)
+    assert (plain.policy.devices, plain.warm_spares) == ((), None)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("replicas_max = 0", "replicas_max"),
+        ("replicas_min = 3\nreplicas_max = 2", "replicas_min"),
+        ('replicas_max = "2"', "'replicas_max' must be a whole number"),
+        ("replicas_min = true", "'replicas_min' must be a whole number"),
+        ('devices = "cuda:0"', "'devices' must be a list"),
+        ('devices = ["gpu0"]', "devices must be 'cpu', 'cuda' or 'cuda:N'"),
+        ("threads = 0", "threads must be at least 1"),
+        ("threads = 1.5", "'threads' must be a whole number"),
+        ("warm_spares = -1", "'warm_spares' must be a whole number, 0 or more"),
+        ("warm_spares = true", "'warm_spares' must be a whole number, 0 or more"),
+    ],
+)
+def test_bad_replica_and_spare_keys_name_the_entry_and_the_reason(tmp_path: Path, line: str, reason: str) -> None:
+    path = write(tmp_path, GOOD_ENTRY + f'\n[[models]]\nid = "bad"\nengine = "{TONE_ENGINE}"\n{line}\n')
+
+    with pytest.raises(ModelConfigError) as raised:
+        load_model_config(path, Settings())
+
+    assert "models[1] (bad)" in str(raised.value)
+    assert reason in str(raised.value)

@@ -6,7 +6,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from anyio.abc import TaskGroup
 
@@ -15,7 +14,7 @@ from service.audio.encode import AudioFormat
 from service.controllers.errors import as_api_error
 from service.engines.base import AudioClip, SynthesisRequest
 from service.errors import InvalidRequest
-from service.lazy_loader import LazyLoader, ModelPolicy, UnknownModel
+from service.lazy_loader import LazyLoader, ModelPolicy, Placement, UnknownModel
 from service.library.voices import VoiceLibrary
 from service.lifecycle.worker_client import SpeechWorker
 from service.metrics import Metrics
@@ -24,6 +23,7 @@ from service.settings import Settings
 from service.speech.planner import SpeechPlan, parse_keep_alive
 from service.speech.schema import SpeechRequest, VoiceReference
 from service.speech.service import SpeechService
+from tests.support.audio import tone
 from tests.support.engines import TONE_ENGINE
 
 pytestmark = pytest.mark.anyio
@@ -109,7 +109,7 @@ def test_parse_keep_alive_rejects_non_finite_strings(value: str) -> None:
 # ---- plan
 
 
-async def _never_launch(model: str, task_group: TaskGroup) -> SpeechWorker:
+async def _never_launch(model: str, placement: Placement, task_group: TaskGroup) -> SpeechWorker:
     raise AssertionError(f"planning must not start a worker ({model})")
 
 
@@ -211,7 +211,7 @@ async def test_instructions_a_model_cannot_follow_are_refused_when_set_to_refuse
 
 async def test_a_library_voice_on_a_model_that_cannot_clone_is_a_400_that_says_so() -> None:
     voices = VoiceLibrary(Path(tempfile.mkdtemp()), [])
-    voices.add("narrator", AudioClip(np.zeros(24000, np.float32), 24000), "Hello.")
+    voices.add("narrator", AudioClip(tone(1.0, 24000), 24000), "Hello.")
     with pytest.raises(InvalidRequest, match="cannot clone") as raised:
         await service(voices=voices).planner.plan(
             SpeechRequest(model="tone", input="Hi", voice=VoiceReference("narrator"))

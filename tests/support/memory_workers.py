@@ -14,6 +14,7 @@ from litestar import Litestar
 from service.app import create_app
 from service.engines import resolve_engine
 from service.engines.base import AudioChunk, EditRequest, Engine, EngineInputError, GpuMemory, SynthesisRequest
+from service.lazy_loader import Placement
 from service.lifecycle.memory import MemoryUsage
 from service.lifecycle.worker_client import EngineRequestError, SpeechWorker
 from service.models.catalog import ModelSpec
@@ -94,7 +95,7 @@ async def _chunks(
 def app_with_in_memory_workers(settings: Settings, extra_models: Iterable[ModelSpec] = ()) -> Litestar:
     """`create_app` whose every model (the embedded Piper voice, discovered and configured ones) runs in-memory."""
 
-    async def launch(model: str, task_group: TaskGroup) -> SpeechWorker:
+    async def launch(model: str, placement: Placement, task_group: TaskGroup) -> SpeechWorker:
         return InMemoryWorker(app.state.catalog.get(model))
 
     app = create_app(settings, extra_models, launcher=launch)

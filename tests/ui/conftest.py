@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
+    # the Speak page starts playing as the audio streams in; a person's click allows that, a test has none
+    "--autoplay-policy=no-user-gesture-required",
 ]
 DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 # as long as an action may take: the suite runs on every core at once, and a first request may load a model
@@ -30,10 +33,10 @@ expect.set_options(timeout=TIMEOUT_MS)
 PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
-def launch(playwright: Playwright) -> Browser:
+def launch(playwright: Playwright, args: list[str] = CHROMIUM_ARGS) -> Browser:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install_system_packages.sh (as root) or `make test`")
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +57,9 @@ def page(browser: Browser) -> Iterator[Page]:
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
 
     def console(message: ConsoleMessage) -> None:
-        # error answers are expected in some tests: the browser and htmx log them; anything else is a problem
-        expected = ("the server responded with a status of", "Response Status Error Code")
-        if message.type == "error" and not any(text in message.text for text in expected):
+        # error answers are expected in some tests: the browser logs them (htmx must not: a 4xx is an answer)
+        expected = "the server responded with a status of"
+        if message.type == "error" and expected not in message.text:
             problems.append(f"console error: {message.text}")
 
     page.on("console", console)
@@ -92,3 +95,51 @@ def speech_clip(path: Path, example: str, fallback_seconds: float = 2.0, fallbac
         return SpeechClip(path, "What the reference says.", fallback_seconds)
     path.write_bytes(voice.read())
     return SpeechClip(path, voice.transcript, voice.seconds)
+
+
+AXE = "/static/vendor/axe.min.js"
+# what fails the accessibility check: axe-core's two highest impacts
+FAILING_IMPACTS = ("serious", "critical")
+
+
+def accessibility_problems(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now (axe is injected from
+    static/vendor/, which scripts/install_frontend_assets.sh fills), one line each: rule, impact, where."""
+    if not (Path(__file__).parents[2] / "static" / AXE.removeprefix("/static/")).is_file():
+        pytest.fail(f"{AXE} is missing: run scripts/install_frontend_assets.sh")
+    if not page.evaluate("typeof axe === 'object'"):
+        page.add_script_tag(url=AXE)
+    violations = page.evaluate("axe.run(document, { resultTypes: ['violations'] }).then((r) => r.violations)")
+    return [
+        f"{violation['id']} ({violation['impact']}): {[node['target'] for node in violation['nodes']][:5]}"
+        for violation in violations
+        if violation["impact"] in FAILING_IMPACTS
+    ]
+
+
+AUDIO_DURATION = """
+(selector) => new Promise((resolve, reject) => {
+  const audio = document.querySelector(selector);
+  const done = () => resolve(audio.duration);
+  if (audio.readyState >= 1) { done(); return; }
+  audio.addEventListener("loadedmetadata", done, { once: true });
+  const failed = () => reject(new Error("audio error " + (audio.error && audio.error.code)));
+  audio.addEventListener("error", failed, { once: true });
+  audio.preload = "metadata";
+  audio.load();
+})
+"""
+
+
+def audio_duration(page: Page, selector: str) -> float:
+    """The <audio> element's duration once its metadata has loaded (it must have received playable audio)."""
+    duration = page.evaluate(AUDIO_DURATION, selector)
+    assert isinstance(duration, float | int)
+    return float(duration)
+
+
+def spoken_duration(page: Page) -> float:
+    """The Speak page's clip length once the whole clip has arrived (the download link is set then): an MP3 plays
+    while it streams, and reloading the player before the stream's end would detach its MediaSource."""
+    expect(page.locator("#speak-download")).to_have_attribute("href", re.compile(r"^blob:"))
+    return audio_duration(page, "#speak-audio")

@@ -69,7 +69,13 @@ class CustomVoicesController(Controller):
     path = "/v1/audio/voices"
     tags = ("openai",)
 
-    @post("/", operation_id="createVoice", status_code=200, responses=error_responses(400, 403, 404, 409, 413, 507))
+    @post(
+        "/",
+        operation_id="createVoice",
+        summary="Create a custom voice",
+        status_code=200,
+        responses=error_responses(400, 403, 404, 409, 413, 507),
+    )
     async def create_voice(
         self,
         consents: NamedDependency[ConsentStore],
@@ -102,20 +108,29 @@ class CustomVoicesController(Controller):
         )
         return CustomVoiceBody.of(voice)
 
-    @get("/", operation_id="listCustomVoices", responses=error_responses(400))
+    @get("/", operation_id="listCustomVoices", summary="List custom voices", responses=error_responses(400))
     async def list_voices(
         self, voices: NamedDependency[VoiceLibrary], after: After = None, limit: Limit = 20
     ) -> CustomVoiceList:
         """The custom voices, newest first, a page at a time (this server's extension, in OpenAI's list shape)."""
         return CustomVoiceList.of(await anyio.to_thread.run_sync(voices.custom_page, after, limit))
 
-    @get("/{voice_id:str}", operation_id="retrieveCustomVoice", responses=error_responses(400, 404))
+    @get(
+        "/{voice_id:str}",
+        operation_id="retrieveCustomVoice",
+        summary="Get a custom voice",
+        responses=error_responses(400, 404),
+    )
     async def retrieve_voice(self, voices: NamedDependency[VoiceLibrary], voice_id: FromPath[str]) -> CustomVoiceBody:
         """One custom voice (this server's extension)."""
         return CustomVoiceBody.of(await anyio.to_thread.run_sync(voices.get_custom, voice_id))
 
     @delete(
-        "/{voice_id:str}", operation_id="deleteCustomVoice", status_code=200, responses=error_responses(400, 403, 404)
+        "/{voice_id:str}",
+        operation_id="deleteCustomVoice",
+        summary="Delete a custom voice",
+        status_code=200,
+        responses=error_responses(400, 403, 404),
     )
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], voice_id: FromPath[str]) -> CustomVoiceDeleted:
         """Delete a custom voice; its consent stays, as at OpenAI."""
@@ -127,7 +142,13 @@ class VoiceConsentsController(Controller):
     path = "/v1/audio/voice_consents"
     tags = ("openai",)
 
-    @post("/", operation_id="createVoiceConsent", status_code=200, responses=error_responses(400, 403, 413, 507))
+    @post(
+        "/",
+        operation_id="createVoiceConsent",
+        summary="Store a voice consent",
+        status_code=200,
+        responses=error_responses(400, 403, 413, 507),
+    )
     async def create_consent(
         self,
         consents: NamedDependency[ConsentStore],
@@ -140,14 +161,19 @@ class VoiceConsentsController(Controller):
         consent = await anyio.to_thread.run_sync(consents.add, recording, data.name, data.language)
         return VoiceConsentBody.of(consent)
 
-    @get("/", operation_id="listVoiceConsents", responses=error_responses(400))
+    @get("/", operation_id="listVoiceConsents", summary="List voice consents", responses=error_responses(400))
     async def list_consents(
         self, consents: NamedDependency[ConsentStore], after: After = None, limit: Limit = 20
     ) -> VoiceConsentList:
         """The voice consents, newest first, a page at a time."""
         return VoiceConsentList.of(await anyio.to_thread.run_sync(consents.page, after, limit))
 
-    @get("/{consent_id:str}", operation_id="getVoiceConsent", responses=error_responses(400, 404))
+    @get(
+        "/{consent_id:str}",
+        operation_id="getVoiceConsent",
+        summary="Get a voice consent",
+        responses=error_responses(400, 404),
+    )
     async def retrieve_consent(
         self, consents: NamedDependency[ConsentStore], consent_id: FromPath[str]
     ) -> VoiceConsentBody:
@@ -157,6 +183,7 @@ class VoiceConsentsController(Controller):
     @post(
         "/{consent_id:str}",
         operation_id="updateVoiceConsent",
+        summary="Rename a voice consent",
         status_code=200,
         responses=error_responses(400, 403, 404, 413, 507),
     )
@@ -169,6 +196,7 @@ class VoiceConsentsController(Controller):
     @delete(
         "/{consent_id:str}",
         operation_id="deleteVoiceConsent",
+        summary="Delete a voice consent",
         status_code=200,
         responses=error_responses(400, 403, 404, 409),
     )

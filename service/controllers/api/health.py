@@ -12,12 +12,12 @@ from service.models.admin import ModelAdmin
 class HealthController(Controller):
     tags = ("health",)
 
-    @get("/healthz", operation_id="healthz")
+    @get("/healthz", operation_id="healthz", summary="Liveness check")
     async def healthz(self, admin: NamedDependency[ModelAdmin]) -> HealthBody:
         """Liveness: the server answers. Public, with a count of models per state."""
         return HealthBody(status="ok", models=admin.summary())
 
-    @get("/readyz", operation_id="readyz", responses=not_ready_response())
+    @get("/readyz", operation_id="readyz", summary="Readiness, with models per state", responses=not_ready_response())
     async def readyz(
         self, admin: NamedDependency[ModelAdmin], loader: NamedDependency[LazyLoader[SpeechWorker]]
     ) -> Response[HealthBody]:

@@ -11,7 +11,13 @@ from service.metrics import Metrics
 class MetricsController(Controller):
     tags = ("operations",)
 
-    @get("/metrics", operation_id="metrics", media_type=CONTENT_TYPE_LATEST, responses=error_responses())
+    @get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics",
+        media_type=CONTENT_TYPE_LATEST,
+        responses=error_responses(),
+    )
     async def metrics(self, metrics: NamedDependency[Metrics]) -> Response[bytes]:
         """Prometheus metrics: loads, unloads by reason, loaded models, queue depth, latency, real-time factor."""
         # given as the header: from a media type, Litestar would append a second charset to this text/ one's own

@@ -24,18 +24,28 @@ class ModelsController(Controller):
     path = "/api/v1/models"
     tags = ("models",)
 
-    @get("/status", operation_id="modelsStatus", responses=error_responses())
+    @get("/status", operation_id="modelsStatus", summary="Every model's status", responses=error_responses())
     async def status(self, admin: NamedDependency[ModelAdmin]) -> dict[str, ModelStatus]:
         """Every model's state, memory, requests and idle countdown, keyed by model id."""
         return await admin.all_status()
 
-    @get("/unavailable", operation_id="modelsUnavailable", responses=error_responses())
+    @get(
+        "/unavailable",
+        operation_id="modelsUnavailable",
+        summary="Models found but not served",
+        responses=error_responses(),
+    )
     async def unavailable(self, admin: NamedDependency[ModelAdmin]) -> dict[str, str]:
         """Models that were found but cannot be served (e.g. a Step-Audio-EditX variant with missing folders), with
         the reason."""
         return admin.catalog.unavailable
 
-    @get("/{model_id:str}/status", operation_id="modelStatus", responses=error_responses(400, 404))
+    @get(
+        "/{model_id:str}/status",
+        operation_id="modelStatus",
+        summary="One model's status",
+        responses=error_responses(400, 404),
+    )
     async def model_status(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> ModelStatus:
         """One model's status."""
         return await admin.status(model_id)
@@ -43,6 +53,7 @@ class ModelsController(Controller):
     @post(
         "/{model_id:str}/load",
         operation_id="loadModel",
+        summary="Load a model now",
         status_code=200,
         responses=error_responses(400, 403, 404, 429, 503),
     )
@@ -51,13 +62,22 @@ class ModelsController(Controller):
         return await admin.load(model_id)
 
     @post(
-        "/{model_id:str}/unload", operation_id="unloadModel", status_code=200, responses=error_responses(400, 403, 404)
+        "/{model_id:str}/unload",
+        operation_id="unloadModel",
+        summary="Unload a model",
+        status_code=200,
+        responses=error_responses(400, 403, 404),
     )
     async def unload(self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str]) -> UnloadResult:
         """Let requests in flight finish, end the worker, and report the memory freed."""
         return await admin.unload(model_id)
 
-    @patch("/{model_id:str}", operation_id="configureModel", responses=error_responses(400, 403, 404, 413))
+    @patch(
+        "/{model_id:str}",
+        operation_id="configureModel",
+        summary="Change a model's idle timeout, auto-unload or pin",
+        responses=error_responses(400, 403, 404, 413),
+    )
     async def configure(
         self, admin: NamedDependency[ModelAdmin], model_id: FromPath[str], data: JSONBody[ModelSettings]
     ) -> ModelStatus:

@@ -160,12 +160,17 @@ class OpenAIController(Controller):
     path = "/v1"
     tags = ("openai",)
 
-    @get("/models", operation_id="listModels", responses=error_responses())
+    @get("/models", operation_id="listModels", summary="List models (OpenAI)", responses=error_responses())
     async def list_models(self, catalog: NamedDependency[Catalog]) -> ModelList:
         """Models in OpenAI's list shape, with the aliases (tts-1 and tts-1-hd stand for the default model)."""
         return ModelList("list", _model_cards(catalog))
 
-    @get("/models/{model:str}", operation_id="retrieveModel", responses=error_responses(404))
+    @get(
+        "/models/{model:str}",
+        operation_id="retrieveModel",
+        summary="Get a model (OpenAI)",
+        responses=error_responses(404),
+    )
     async def retrieve_model(self, catalog: NamedDependency[Catalog], model: FromPath[str]) -> ModelCard:
         """One model of the list, by its id or an alias, in OpenAI's Model shape (`client.models.retrieve`)."""
         cards = {card.id: card for card in _model_cards(catalog)}
@@ -176,6 +181,7 @@ class OpenAIController(Controller):
     @post(
         "/audio/speech",
         operation_id="createSpeech",
+        summary="Generate speech from text (OpenAI)",
         status_code=200,
         responses=SPEECH_ERRORS,
         operation_class=SpeechOperation,
@@ -194,6 +200,7 @@ class OpenAIController(Controller):
     @post(
         "/audio/speech/upload",
         operation_id="createSpeechUpload",
+        summary="Generate speech, multipart form (the fork's)",
         status_code=200,
         responses=SPEECH_ERRORS,
         operation_class=SpeechOperation,
@@ -230,6 +237,7 @@ class OpenAIController(Controller):
     @post(
         "/audio/edit",
         operation_id="editAudio",
+        summary="Edit a clip: emotion, style, speed, sounds, denoise, trim",
         status_code=200,
         responses=SPEECH_ERRORS,
         operation_class=AudioOperation,

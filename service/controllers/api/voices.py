@@ -39,13 +39,19 @@ class VoicesController(Controller):
     path = "/v1/voices"
     tags = ("voices",)
 
-    @get("/", operation_id="listVoices", responses=error_responses())
+    @get("/", operation_id="listVoices", summary="List the voice library", responses=error_responses())
     async def list_voices(self, voices: NamedDependency[VoiceLibrary]) -> VoiceList:
         """The voice library: presets from the configuration and uploaded voices."""
         listed = await anyio.to_thread.run_sync(voices.all)
         return VoiceList(object="list", data=[VoiceBody.of(voice) for voice in listed])
 
-    @post("/", operation_id="addVoice", status_code=201, responses=error_responses(400, 403, 409, 413, 507))
+    @post(
+        "/",
+        operation_id="addVoice",
+        summary="Add a voice for cloning",
+        status_code=201,
+        responses=error_responses(400, 403, 409, 413, 507),
+    )
     async def add_voice(
         self,
         voices: NamedDependency[VoiceLibrary],
@@ -60,18 +66,29 @@ class VoicesController(Controller):
         )
         return VoiceBody.of(voice)
 
-    @get("/{name:str}", operation_id="getVoice", responses=error_responses(400, 404))
+    @get("/{name:str}", operation_id="getVoice", summary="Get a voice", responses=error_responses(400, 404))
     async def get_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> VoiceBody:
         """One voice."""
         return VoiceBody.of(await anyio.to_thread.run_sync(voices.get, name))
 
-    @get("/{name:str}/audio", operation_id="getVoiceAudio", media_type="audio/wav", responses=error_responses(400, 404))
+    @get(
+        "/{name:str}/audio",
+        operation_id="getVoiceAudio",
+        summary="A voice's reference clip (WAV)",
+        media_type="audio/wav",
+        responses=error_responses(400, 404),
+    )
     async def voice_audio(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> Response[bytes]:
         """The voice's reference clip as WAV."""
         voice = await anyio.to_thread.run_sync(voices.get, name)
         return Response(await anyio.to_thread.run_sync(wav_bytes, voice.audio_path), media_type="audio/wav")
 
-    @patch("/{name:str}", operation_id="updateVoice", responses=error_responses(400, 403, 404, 409, 413, 507))
+    @patch(
+        "/{name:str}",
+        operation_id="updateVoice",
+        summary="Change a voice's transcript, label or description",
+        responses=error_responses(400, 403, 404, 409, 413, 507),
+    )
     async def update_voice(
         self, voices: NamedDependency[VoiceLibrary], name: FromPath[str], data: JSONBody[VoiceChanges]
     ) -> VoiceBody:
@@ -82,7 +99,13 @@ class VoicesController(Controller):
         )
         return VoiceBody.of(voice)
 
-    @delete("/{name:str}", operation_id="deleteVoice", status_code=200, responses=error_responses(400, 403, 404, 409))
+    @delete(
+        "/{name:str}",
+        operation_id="deleteVoice",
+        summary="Delete a voice",
+        status_code=200,
+        responses=error_responses(400, 403, 404, 409),
+    )
     async def delete_voice(self, voices: NamedDependency[VoiceLibrary], name: FromPath[str]) -> VoiceDeleted:
         """Delete an uploaded voice (presets are read-only)."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)

@@ -10,6 +10,7 @@ from typing import Any
 from litestar.plugins.htmx import HTMXRequest, HTMXTemplate, PushUrlType
 from litestar.response import Template
 
+from service.controllers.errors import ApiError
 from service.models.catalog import Catalog, ModelSpec
 from service.settings import PROJECT_ROOT
 
@@ -62,6 +63,19 @@ class Format:
         if seconds < 3600:
             return f"{seconds / 60:.0f} min ago"
         return f"{seconds / 3600:.1f} h ago"
+
+
+class FormErrors(ApiError):
+    """Every problem of a submitted form at once: the API's error body (the first problem) plus `errors`, all of
+    them, so that the page marks each field in one go."""
+
+    def __init__(self, problems: list[ApiError]) -> None:
+        first = problems[0]
+        super().__init__(first.status, first.message, param=first.param, code=first.code)
+        self.problems = problems
+
+    def body(self) -> dict[str, Any]:
+        return super().body() | {"errors": [problem.body()["error"] for problem in self.problems]}
 
 
 def page_context(active: str) -> dict[str, Any]:

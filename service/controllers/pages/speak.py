@@ -60,8 +60,11 @@ class PagesController(Controller):
         changed), only the fields that depend on the model."""
         spec = catalog.specs.get(catalog.aliases.get(model, model) if model else catalog.default_model)
         spec = spec or catalog.specs[catalog.default_model]
+        choices = model_choices(catalog)
         context = {
-            "models": [(choice, aliases_of(catalog, choice.id)) for choice in model_choices(catalog)],
+            "models": [(choice, aliases_of(catalog, choice.id)) for choice in choices],
+            "cloning_available": any(choice.capabilities.clones for choice in choices),
+            "library_voices": len(await anyio.to_thread.run_sync(voices.names)),
             "selected": spec.id,
             "formats": PLAYABLE_FORMATS,
             "max_input_chars": settings.max_input_chars,

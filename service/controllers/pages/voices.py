@@ -1,33 +1,57 @@
-"""The Voices page: the voice library (presets and uploads) with players, an upload form (file or a recording made in
-the browser) and delete buttons. Uploads and deletes go to the same VoiceLibrary as /v1/voices."""
+"""The Voices page: the voice library (presets, uploads and OpenAI's custom voices) with players, an upload form (file
+or a recording made in the browser), the voice consents that custom voices are authorised by, and delete buttons.
+Everything goes to the same VoiceLibrary and ConsentStore as /v1/voices and /v1/audio/voice_consents; a form's
+problems are all reported at once (FormErrors), each next to its field."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from litestar import Controller, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.params import FromPath, MultipartBody
 from litestar.plugins.htmx import HTMXRequest
 from litestar.response import Template
 
-from service.controllers.errors import ApiError
-from service.controllers.pages.rendering import fragment, render
-from service.library.voices import MAX_TRANSCRIPT_CHARS, VoiceLibrary
+from service.controllers.errors import ApiError, as_api_error
+from service.controllers.pages.rendering import FormErrors, fragment, render
+from service.engines.base import AudioClip
+from service.errors import ServiceError
+from service.library.consents import ConsentStore, checked_language
+from service.library.voices import (
+    MAX_TRANSCRIPT_CHARS,
+    VoiceConflict,
+    VoiceLibrary,
+    check_speech,
+    checked_label,
+    checked_transcript,
+    validate_name,
+    wav_bytes,
+)
 from service.models.catalog import Catalog
 from service.settings import Settings
 from service.speech.service import SpeechService
 
+Value = TypeVar("Value")
 
-async def library_context(voices: VoiceLibrary, catalog: Catalog, settings: Settings) -> dict[str, Any]:
+
+async def library_context(
+    voices: VoiceLibrary, consents: ConsentStore, catalog: Catalog, settings: Settings
+) -> dict[str, Any]:
     listed = await anyio.to_thread.run_sync(voices.all)
+    stored = await anyio.to_thread.run_sync(consents.all)
     cloning = [spec.id for spec in catalog.servable() if spec.capabilities.clones]
     return {
         "voices": listed,
+        "consents": [(consent, [v.label or v.name for v in listed if v.consent == consent.id]) for consent in stored],
+        "consent_names": {consent.id: consent.name for consent in stored},
         "cloning_models": cloning,
+        "unavailable": catalog.unavailable,
+        "consent_required": settings.consent_required,
         "max_audio_seconds": settings.max_audio_seconds,
         "max_transcript_chars": MAX_TRANSCRIPT_CHARS,
         "message": None,
@@ -36,18 +60,71 @@ async def library_context(voices: VoiceLibrary, catalog: Catalog, settings: Sett
 
 @dataclass
 class VoiceForm:
-    """The API's voice upload (POST /v1/voices) as the page sends it; a missing clip gets a readable error."""
+    """The API's voice upload (POST /v1/voices) as the page sends it, or with `consent` a custom voice of OpenAI's
+    API (POST /v1/audio/voices) labelled `name`; a missing clip gets a readable error."""
 
-    name: str
+    name: str = ""
     transcript: str = ""
     audio: UploadFile | None = None
+    consent: str = ""
     locale: str | None = None
     gender: str | None = None
     description: str | None = None
 
 
+@dataclass
+class ConsentForm:
+    """A voice consent (POST /v1/audio/voice_consents): a name, the recording's language and the recording."""
+
+    name: str = ""
+    language: str = ""
+    recording: UploadFile | None = None
+
+
 def _optional(value: str | None) -> str | None:
     return value.strip() or None if value is not None else None
+
+
+class Problems:
+    """A form's checks, run one after another; each failure is kept (as the API's error), not raised, so that the
+    answer names every field at fault."""
+
+    def __init__(self) -> None:
+        self.found: list[ApiError] = []
+
+    def check(self, run: Callable[[], Value]) -> Value | None:
+        try:
+            return run()
+        except ServiceError as error:
+            self.found.append(as_api_error(error))
+            return None
+
+    async def clip(
+        self, upload: UploadFile | None, param: str, decode: Callable[[bytes, str], Awaitable[AudioClip]]
+    ) -> AudioClip | None:
+        """The uploaded (or recorded) clip, decoded; an unreadable file is named by its file name, in words."""
+        audio = await upload.read() if upload is not None else b""
+        if not audio:
+            self.found.append(ApiError(400, "choose an audio file or record one", param=param, code="invalid_value"))
+            return None
+        try:
+            return await decode(audio, param)
+        except ServiceError as error:
+            problem = as_api_error(error)
+            if problem.code == "invalid_audio":
+                name = upload.filename if upload is not None and upload.filename else "the file"
+                problem = ApiError(
+                    400,
+                    f"{name} is not an audio file this server can read: choose a WAV, FLAC, Ogg or MP3 recording",
+                    param=param,
+                    code="invalid_audio",
+                )
+            self.found.append(problem)
+            return None
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise FormErrors(self.found)
 
 
 class VoicePagesController(Controller):
@@ -59,11 +136,12 @@ class VoicePagesController(Controller):
         self,
         request: HTMXRequest,
         voices: NamedDependency[VoiceLibrary],
+        consents: NamedDependency[ConsentStore],
         catalog: NamedDependency[Catalog],
         settings: NamedDependency[Settings],
     ) -> Template:
         """The library; with htmx, only the list."""
-        context = await library_context(voices, catalog, settings)
+        context = await library_context(voices, consents, catalog, settings)
         return render(
             request, "voices.html", "partials/voices_list.html", context, active="voices", partial_for=("voices-list",)
         )
@@ -72,40 +150,106 @@ class VoicePagesController(Controller):
     async def add(
         self,
         voices: NamedDependency[VoiceLibrary],
+        consents: NamedDependency[ConsentStore],
         speech: NamedDependency[SpeechService],
         catalog: NamedDependency[Catalog],
         settings: NamedDependency[Settings],
         data: MultipartBody[VoiceForm],
     ) -> Template:
-        """Store an uploaded or recorded clip with its transcript; answers with the updated list."""
-        audio = await data.audio.read() if data.audio is not None else b""
-        if not audio:
-            raise ApiError(400, "choose an audio file or record one", param="audio", code="invalid_value")
-        clip = await speech.decoder.read(audio, "audio")
-        voice = await anyio.to_thread.run_sync(
-            lambda: voices.add(
-                data.name.strip(),
-                clip,
-                data.transcript,
-                _optional(data.locale),
-                _optional(data.gender),
-                _optional(data.description),
+        """Store an uploaded or recorded clip with its transcript (with a consent: as a custom voice authorised by
+        it); answers with the updated list, or with every problem of the form."""
+        name, consent = data.name.strip(), data.consent.strip()
+        problems = Problems()
+        if consent:
+            problems.check(lambda: checked_label(name, "name"))
+            problems.check(lambda: consents.get(consent, "consent"))
+        elif problems.check(lambda: validate_name(name)) and name in await anyio.to_thread.run_sync(voices.names):
+            problems.found.append(
+                as_api_error(VoiceConflict(f"a voice named {name!r} exists already; delete it or pick another name"))
             )
-        )
-        context = await library_context(voices, catalog, settings)
-        context["message"] = f"Added voice {voice.name} ({voice.seconds:.1f} s)."
+        clip = await problems.clip(data.audio, "audio", speech.decoder.read)
+        if clip is not None:
+            problems.check(lambda: check_speech(clip, "audio"))
+        problems.check(lambda: checked_transcript(data.transcript, required=True))
+        problems.raise_any()
+        assert clip is not None
+        if consent:
+            voice = await anyio.to_thread.run_sync(
+                lambda: consents.add_voice(
+                    clip, name, data.transcript, consent, consent_required=settings.consent_required
+                )
+            )
+        else:
+            voice = await anyio.to_thread.run_sync(
+                lambda: voices.add(
+                    name,
+                    clip,
+                    data.transcript,
+                    _optional(data.locale),
+                    _optional(data.gender),
+                    _optional(data.description),
+                )
+            )
+        context = await library_context(voices, consents, catalog, settings)
+        context["message"] = f"Added voice {voice.label or voice.name} ({voice.seconds:.1f} s)."
         return fragment("partials/voices_list.html", context)
 
     @delete("/{name:str}", operation_id="voicesPageDelete", status_code=200)
     async def remove(
         self,
         voices: NamedDependency[VoiceLibrary],
+        consents: NamedDependency[ConsentStore],
         catalog: NamedDependency[Catalog],
         settings: NamedDependency[Settings],
         name: FromPath[str],
     ) -> Template:
         """Delete an uploaded voice; answers with the updated list."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)
-        context = await library_context(voices, catalog, settings)
-        context["message"] = f"Deleted voice {voice.name}."
+        context = await library_context(voices, consents, catalog, settings)
+        context["message"] = f"Deleted voice {voice.label or voice.name}."
+        return fragment("partials/voices_list.html", context)
+
+    @post("/consents", operation_id="voicesPageAddConsent", status_code=200)
+    async def add_consent(
+        self,
+        voices: NamedDependency[VoiceLibrary],
+        consents: NamedDependency[ConsentStore],
+        speech: NamedDependency[SpeechService],
+        catalog: NamedDependency[Catalog],
+        settings: NamedDependency[Settings],
+        data: MultipartBody[ConsentForm],
+    ) -> Template:
+        """Store a consent recording (uploaded or recorded); answers with the updated list."""
+        problems = Problems()
+        problems.check(lambda: checked_label(data.name, "name"))
+        problems.check(lambda: checked_language(data.language.strip()))
+        recording = await problems.clip(data.recording, "recording", speech.decoder.read)
+        problems.raise_any()
+        assert recording is not None
+        consent = await anyio.to_thread.run_sync(lambda: consents.add(recording, data.name, data.language.strip()))
+        context = await library_context(voices, consents, catalog, settings)
+        context["message"] = f"Added the voice consent {consent.name} ({consent.id})."
+        return fragment("partials/voices_list.html", context)
+
+    @get("/consents/{consent_id:str}/audio", operation_id="voicesPageConsentAudio", media_type="audio/wav")
+    async def consent_audio(
+        self, consents: NamedDependency[ConsentStore], consent_id: FromPath[str]
+    ) -> Response[bytes]:
+        """A consent's recording as WAV."""
+        consent = await anyio.to_thread.run_sync(consents.get, consent_id)
+        return Response(await anyio.to_thread.run_sync(wav_bytes, consent.recording_path), media_type="audio/wav")
+
+    @delete("/consents/{consent_id:str}", operation_id="voicesPageDeleteConsent", status_code=200)
+    async def remove_consent(
+        self,
+        voices: NamedDependency[VoiceLibrary],
+        consents: NamedDependency[ConsentStore],
+        catalog: NamedDependency[Catalog],
+        settings: NamedDependency[Settings],
+        consent_id: FromPath[str],
+    ) -> Template:
+        """Withdraw a consent that no voice uses (409 naming them otherwise); answers with the updated list."""
+        consent = await anyio.to_thread.run_sync(consents.delete, consent_id)
+        context = await library_context(voices, consents, catalog, settings)
+        context["message"] = f"Deleted the voice consent {consent.name}."
         return fragment("partials/voices_list.html", context)

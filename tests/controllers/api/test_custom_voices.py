@@ -19,7 +19,7 @@ from openai.types.audio import Voice, VoiceConsent, VoiceConsentDeleted, VoiceDe
 from service.lazy_loader import ModelPolicy
 from service.models.catalog import ModelSpec
 from service.settings import Settings
-from tests.conftest import AppClient, ClientFactory, ServerProcess
+from tests.conftest import WITHOUT_SPARES, AppClient, ClientFactory, ServerProcess
 from tests.support.audio import RATE, wav_bytes
 from tests.support.disks import small_disk
 from tests.support.openai_reference import reference, validate
@@ -364,7 +364,9 @@ async def test_cloning_a_custom_voice_without_a_transcript_is_a_400_that_says_ho
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     standin = write_standin(tmp_path / "upstream")
-    settings = Settings(data_dir=tmp_path / "data", consent_required=False, probe_engines=False)
+    settings = Settings(
+        data_dir=tmp_path / "data", consent_required=False, probe_engines=False, warm_spares=WITHOUT_SPARES
+    )
     async with make_client(settings, (standin_model(standin),)) as client:
         voice = (await create_voice(client, None)).json()["id"]
         for named in [voice, {"id": voice}]:
