@@ -260,14 +260,15 @@ def test_a_load_that_runs_past_its_last_one_says_so_instead_of_overshooting() ->
         gpu_bytes=None, pid=None, in_flight=0, queued=1, idle_timeout=300, keep_alive=None, auto_unload=True,
         last_load_seconds=0.8, loads_total=1, last_unload_reason="manual", time_until_unload=None,
     )  # fmt: skip
-    row = {"id": "m", "status": status, "aliases": [], "progress": {"elapsed": 1.0, "expected": 0.8, "fraction": 0.99}}
+    progress = {"elapsed": 1.0, "expected": 0.8, "fraction": 0.99}
+    row = {"id": "m", "status": status, "aliases": [], "progress": progress}
     context = {"rows": [row], "fmt": Format, "events": [], "unavailable": {}, "default_model": "m", "message": None}
     html = environment.get_template("partials/models_live.html").render(context)
     assert "1.0 s, longer than its last load (0.8 s)" in html
     assert " of ~" not in html
     # the speak and edit pages' progress line, for a worker that reports no stages (the estimate from its last load)
     line = environment.get_template("partials/progress.html").render(
-        {"model": "m", "status": status, "progress": {**row["progress"], "stage": None}, "fmt": Format}
+        {"model": "m", "status": status, "progress": {**progress, "stage": None}, "fmt": Format}
     )
     assert "1.0 s, longer than its last load (0.8 s)" in line
     assert "of about" not in line
