@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -49,7 +49,9 @@ def locked_test_set() -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    found = metadata.distributions(path=[entry for entry in sys.path if entry.startswith(sys.prefix)])
+    """What the virtualenv's site-packages hold. Not sys.path: once a test in this process has imported Ray, it has
+    its vendored copies of psutil and colorama (ray/thirdparty_files) on the path, which are no installs."""
+    found = metadata.distributions(path=sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}))
     return {canonicalize_name(dist.metadata["Name"]): dist.version for dist in found}
 
 
