@@ -40,7 +40,7 @@ Value = TypeVar("Value")
 
 
 async def library_context(
-    voices: VoiceLibrary, consents: ConsentStore, catalog: Catalog, settings: Settings
+    voices: VoiceLibrary, consents: ConsentStore, catalog: Catalog, settings: Settings, message: str | None = None
 ) -> dict[str, Any]:
     listed = await anyio.to_thread.run_sync(voices.all)
     stored = await anyio.to_thread.run_sync(consents.all)
@@ -54,8 +54,15 @@ async def library_context(
         "consent_required": settings.consent_required,
         "max_audio_seconds": settings.max_audio_seconds,
         "max_transcript_chars": MAX_TRANSCRIPT_CHARS,
-        "message": None,
+        "message": message,
     }
+
+
+async def updated_list(
+    voices: VoiceLibrary, consents: ConsentStore, catalog: Catalog, settings: Settings, message: str
+) -> Template:
+    """The library's list after a change, with a line saying what changed."""
+    return fragment("partials/voices_list.html", await library_context(voices, consents, catalog, settings, message))
 
 
 @dataclass
@@ -190,9 +197,9 @@ class VoicePagesController(Controller):
                     _optional(data.description),
                 )
             )
-        context = await library_context(voices, consents, catalog, settings)
-        context["message"] = f"Added voice {voice.label or voice.name} ({voice.seconds:.1f} s)."
-        return fragment("partials/voices_list.html", context)
+        return await updated_list(
+            voices, consents, catalog, settings, f"Added voice {voice.label or voice.name} ({voice.seconds:.1f} s)."
+        )
 
     @delete("/{name:str}", operation_id="voicesPageDelete", status_code=200)
     async def remove(
@@ -205,9 +212,7 @@ class VoicePagesController(Controller):
     ) -> Template:
         """Delete an uploaded voice; answers with the updated list."""
         voice = await anyio.to_thread.run_sync(voices.delete, name)
-        context = await library_context(voices, consents, catalog, settings)
-        context["message"] = f"Deleted voice {voice.label or voice.name}."
-        return fragment("partials/voices_list.html", context)
+        return await updated_list(voices, consents, catalog, settings, f"Deleted voice {voice.label or voice.name}.")
 
     @post("/consents", operation_id="voicesPageAddConsent", status_code=200)
     async def add_consent(
@@ -227,9 +232,9 @@ class VoicePagesController(Controller):
         problems.raise_any()
         assert recording is not None
         consent = await anyio.to_thread.run_sync(lambda: consents.add(recording, data.name, data.language.strip()))
-        context = await library_context(voices, consents, catalog, settings)
-        context["message"] = f"Added the voice consent {consent.name} ({consent.id})."
-        return fragment("partials/voices_list.html", context)
+        return await updated_list(
+            voices, consents, catalog, settings, f"Added the voice consent {consent.name} ({consent.id})."
+        )
 
     @get("/consents/{consent_id:str}/audio", operation_id="voicesPageConsentAudio", media_type="audio/wav")
     async def consent_audio(
@@ -250,6 +255,4 @@ class VoicePagesController(Controller):
     ) -> Template:
         """Withdraw a consent that no voice uses (409 naming them otherwise); answers with the updated list."""
         consent = await anyio.to_thread.run_sync(consents.delete, consent_id)
-        context = await library_context(voices, consents, catalog, settings)
-        context["message"] = f"Deleted the voice consent {consent.name}."
-        return fragment("partials/voices_list.html", context)
+        return await updated_list(voices, consents, catalog, settings, f"Deleted the voice consent {consent.name}.")
