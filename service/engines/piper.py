@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,22 @@ _REQUIRED_CONFIG = (
     (("espeak", "voice"), "espeak.voice"),
     (("phoneme_id_map",), "phoneme_id_map"),
 )
+
+
+# compatibility decompositions that only restyle a character (mathematical bold or script letters, full- and
+# half-width forms); espeak knows none of them and reads each as its code point ("letter 1 d 4 e 3")
+_STYLE_TAGS = ("<font>", "<wide>", "<narrow>")
+
+
+def plain_letters(text: str) -> str:
+    """`text` with styled letters and digits as the plain ones they restyle (mathematical script T is T); superscripts,
+    fractions and other compatibility characters, which espeak reads in words, stay as they are."""
+    return "".join(
+        unicodedata.normalize("NFKC", character)
+        if unicodedata.decomposition(character).startswith(_STYLE_TAGS)
+        else character
+        for character in text
+    )
 
 
 class PiperVoiceError(ValueError):
@@ -109,7 +126,7 @@ class PiperEngine:
             raise EngineInputError("voice", f"voice {request.voice!r} is not one of {list(self._capabilities.voices)}")
         length_scale = self._voice.config.length_scale / request.speed
         config = SynthesisConfig(speaker_id=self._speaker_ids.get(request.voice), length_scale=length_scale)
-        for chunk in self._voice.synthesize(request.text, syn_config=config):
+        for chunk in self._voice.synthesize(plain_letters(request.text), syn_config=config):
             yield chunk.audio_float_array
 
     def gpu_memory(self) -> GpuMemory:
