@@ -260,6 +260,13 @@ class TransformersEngine:
         from transformers.models.speecht5.modeling_speecht5 import SpeechT5ForTextToSpeech  # noqa: F401
         from transformers.models.vits.modeling_vits import VitsModel  # noqa: F401
 
+        try:
+            from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        except ImportError:  # transformers 4.x has no such table
+            return
+        # the checkpoint renaming rules of every architecture, which the first from_pretrained of a process builds
+        get_checkpoint_conversion_mapping("vits")
+
     def load(self) -> None:
         _offline()
         import torch

@@ -250,6 +250,16 @@ def test_load_goes_offline_and_the_cpu_reports_no_gpu_memory(tiny_vits: Path, mo
     assert engine.gpu_memory() == GpuMemory()
 
 
+def test_a_spare_s_imports_build_the_renaming_table_the_first_load_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers builds the checkpoint renaming rules of every architecture on a process's first from_pretrained
+    (a tenth of a second of a cold load here); a warm spare has done it."""
+    from transformers import conversion_mapping
+
+    monkeypatch.setattr(conversion_mapping, "_checkpoint_conversion_mapping_cache", None)
+    TransformersEngine.import_libraries({})
+    assert conversion_mapping._checkpoint_conversion_mapping_cache is not None
+
+
 def test_float16_and_bfloat16_load_and_still_give_float32(tiny_vits: Path) -> None:
     engine = TransformersEngine({"path": str(tiny_vits), "dtype": "bfloat16"})
     engine.load()
