@@ -34,6 +34,12 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[AppC
     assert not [pid for pid in child_pids(os.getpid()) if process_exists(pid)]
 
 
+def environment(pid: int) -> dict[str, str]:
+    """A process's environment as the kernel holds it."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().partition("=")[::2] for entry in entries if b"=" in entry)
+
+
 async def status(client: AppClient) -> dict[str, Any]:
     answer = await client.get(f"/api/v1/models/{MODEL}/status")
     assert answer.status_code == 200, answer.text
@@ -73,6 +79,8 @@ async def test_requests_scale_out_spread_across_replicas_and_each_replica_idles_
     await speak_together(client, 3, keep_alive=-1)
     two = await until_replicas(client, 2)
     assert [(replica["index"], replica["threads"]) for replica in two["replicas"]] == [(0, 1), (1, 1)]
+    # what each worker was started with: one onnxruntime thread (Piper's option) and one OpenMP thread
+    assert [environment(replica["pid"]).get("OMP_NUM_THREADS") for replica in two["replicas"]] == ["1", "1"]
     assert two["rss_bytes"] == sum(replica["rss_bytes"] for replica in two["replicas"])
     assert two["pid"] == two["replicas"][0]["pid"]
     page = (await client.get("/models/")).text

