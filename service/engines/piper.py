@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.engines.base import AudioChunk, Capabilities, EngineInputError, GpuMemory, SynthesisRequest
+from service.engines.text import plain_letters
 
 if TYPE_CHECKING:
     from piper import PiperVoice
@@ -22,22 +22,6 @@ _REQUIRED_CONFIG = (
     (("espeak", "voice"), "espeak.voice"),
     (("phoneme_id_map",), "phoneme_id_map"),
 )
-
-
-# compatibility decompositions that only restyle a character (mathematical bold or script letters, full- and
-# half-width forms); espeak knows none of them and reads each as its code point ("letter 1 d 4 e 3")
-_STYLE_TAGS = ("<font>", "<wide>", "<narrow>")
-
-
-def plain_letters(text: str) -> str:
-    """`text` with styled letters and digits as the plain ones they restyle (mathematical script T is T); superscripts,
-    fractions and other compatibility characters, which espeak reads in words, stay as they are."""
-    return "".join(
-        unicodedata.normalize("NFKC", character)
-        if unicodedata.decomposition(character).startswith(_STYLE_TAGS)
-        else character
-        for character in text
-    )
 
 
 class PiperVoiceError(ValueError):

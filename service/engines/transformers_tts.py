@@ -31,6 +31,7 @@ import numpy as np
 import structlog
 
 from service.engines.base import AudioChunk, Capabilities, EngineInputError, GpuMemory, SynthesisRequest
+from service.engines.text import plain_letters
 
 if TYPE_CHECKING:
     import torch
@@ -314,7 +315,7 @@ class TransformersEngine:
         if request.reference is not None or request.edits:
             raise EngineInputError("reference", "transformers text-to-speech models cannot clone or edit voices")
         voice = self._voices[request.voice]
-        for sentence in split_sentences(request.text, _MAX_CHUNK_CHARS[self._config["model_type"]]):
+        for sentence in split_sentences(plain_letters(request.text), _MAX_CHUNK_CHARS[self._config["model_type"]]):
             audio = self._backend.speak(sentence, voice, request.speed)
             if audio is not None and len(audio):
                 yield audio

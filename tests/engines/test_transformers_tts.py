@@ -33,6 +33,7 @@ from service.lifecycle.worker_client import WorkerProcess, WorkerSpec
 from service.models.catalog import Catalog, ModelSpec, discover_models
 from service.settings import PROJECT_ROOT, Settings
 from tests.conftest import ClientFactory
+from tests.support.styled_text import bold_script, full_width
 from tests.support.tiny_models import TINY_VITS_SAMPLE_RATE, build_tiny_vits, vits_samples
 
 # one test process builds the tiny models (importing torch and transformers) for the whole module
@@ -215,6 +216,12 @@ def test_the_same_text_gives_the_same_audio(engine: TransformersEngine) -> None:
 def test_text_with_nothing_the_vocabulary_has_gives_no_audio(engine: TransformersEngine) -> None:
     assert speak(engine, "123 !!! 456.") == []
     assert [len(chunk) for chunk in speak(engine, f"!!! {FIRST}")] == [vits_samples(FIRST)]
+
+
+def test_styled_letters_are_spoken_as_the_plain_ones(engine: TransformersEngine) -> None:
+    """A character vocabulary has no mathematical or full-width letters: without the mapping they are dropped."""
+    for styled in (bold_script(FIRST), full_width(FIRST)):
+        assert [len(chunk) for chunk in speak(engine, styled)] == [vits_samples(FIRST)], styled
 
 
 def test_requests_the_model_cannot_serve_name_the_field(engine: TransformersEngine) -> None:
