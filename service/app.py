@@ -98,17 +98,19 @@ def ray_backend(settings: Settings) -> RayBackend | None:
     return RayBackend(settings.ray_address, settings.capacity_wait)
 
 
-async def probe_engine(catalog: Catalog, spec: WorkerSpec, model_ids: list[str]) -> None:
+async def probe_engine(catalog: Catalog, spares: SparePool, spec: WorkerSpec, model_ids: list[str]) -> None:
     """At start-up: import an engine's libraries and code as its workers will, in a process of their own, so that
-    a broken environment shows in the log and on /api/v1/models/unavailable before any request."""
+    a broken environment shows in the log and on /api/v1/models/unavailable before any request; the warm spares
+    of models it finds broken are given up."""
     started = anyio.current_time()
     problem = await probe_worker(spec)
     seconds = round(anyio.current_time() - started, 3)
     catalog.record_probe(model_ids, problem)
     if problem is None:
         log.info("engine_probe_passed", engine=spec.engine, models=model_ids, seconds=seconds)
-    else:
-        log.warning("model_unavailable", engine=spec.engine, models=model_ids, reason=problem, seconds=seconds)
+        return
+    log.warning("model_unavailable", engine=spec.engine, models=model_ids, reason=problem, seconds=seconds)
+    await spares.retire(model_ids, f"the import probe failed: {problem}")
 
 
 def create_app(
@@ -204,7 +206,7 @@ def create_app(
             ):
                 task_group.start_soon(shut_down_when_requested)
                 for spec, model_ids in catalog.probe_groups() if settings.probe_engines else []:
-                    task_group.start_soon(probe_engine, catalog, worker_spec(spec), model_ids)
+                    task_group.start_soon(probe_engine, catalog, spares, worker_spec(spec), model_ids)
                 yield
             task_group.cancel_scope.cancel()
 

@@ -15,7 +15,7 @@ after a back-off that doubles with each spare in a row that ended without being 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Self
@@ -98,6 +98,7 @@ class _Keeper:
     backing_off_until: float | None = None
     loading: WorkerProcess | None = None  # the last load that took a spare: the next spare starts after it
     changed: anyio.Event = field(default_factory=anyio.Event)
+    retired: bool = False  # no more spares: every model it serves failed its import probe
 
 
 class SparePool:
@@ -118,6 +119,7 @@ class SparePool:
         self._sleep = sleep
         self._closing = False
         self._models: dict[str, SpareKey] = {}
+        self._retired: set[str] = set()  # models whose import probe failed
         keepers: dict[SpareKey, _Keeper] = {}
         for model, (spec, count) in models.items():
             key = self._models[model] = SpareKey.of(spec)
@@ -157,6 +159,27 @@ class SparePool:
                 log.info("warm_spare_taken", model=spec.model_id, engine=spec.engine, pid=spare.pid)
                 return spare
         return None
+
+    async def retire(self, models: Iterable[str], reason: str) -> None:
+        """Keep no more spares for these models (their import probe failed: a spare would fail the same imports
+        again every back-off, for ever). A pool that also serves other models keeps its spares."""
+        self._retired.update(models)
+        for key, keeper in self._keepers.items():
+            served = {model for model, model_key in self._models.items() if model_key == key}
+            if keeper.retired or not served <= self._retired:
+                continue
+            keeper.retired = True
+            keeper.count = 0
+            keeper.last_error = f"no spares are kept: {reason}"
+            log.info("warm_spares_retired", engine=keeper.spec.engine, models=sorted(served), reason=reason)
+            spares, keeper.ready = keeper.ready, []
+            for spare in spares:
+                keeper.watchers.pop(spare.pid).cancel()
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as stopping:
+                    for spare in spares:
+                        stopping.start_soon(spare.stop)
+            self._notify(keeper)
 
     async def launch(self, spec: WorkerSpec, task_group: TaskGroup) -> WorkerProcess:
         """The default launcher's work: a worker for this spec, from a ready spare when there is one, else a new
@@ -206,7 +229,7 @@ class SparePool:
     async def _keep(self, keeper: _Keeper, group: TaskGroup) -> None:
         """Start spares one at a time until `count` are ready; after a load that took one, once that worker has
         answered its first request (or exited, or the replacement grace has passed)."""
-        while not self._closing:
+        while not self._closing and not keeper.retired:
             if len(keeper.ready) >= keeper.count:
                 await keeper.changed.wait()
                 continue
@@ -220,17 +243,24 @@ class SparePool:
                 keeper.backing_off_until = anyio.current_time() + delay
                 await self._sleep(delay)
                 keeper.backing_off_until = None
+                if keeper.retired:
+                    return
             keeper.starting = True
             started = anyio.current_time()
             try:
                 spare = await SpareProcess.start(keeper.spec)
             except WorkerLoadError as error:
+                if keeper.retired:
+                    return
                 keeper.losses += 1
                 keeper.last_error = str(error)
                 log.warning("warm_spare_failed", engine=keeper.spec.engine, error=str(error), losses=keeper.losses)
                 continue
             finally:
                 keeper.starting = False
+            if keeper.retired:
+                await spare.stop()
+                return
             keeper.ready.append(spare)
             scope = keeper.watchers[spare.pid] = anyio.CancelScope()
             group.start_soon(self._watch, keeper, spare, scope, name=f"spare:{spare.pid}")

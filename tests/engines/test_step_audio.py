@@ -126,26 +126,28 @@ class TestDiscoveryAndLoading:
     async def test_funasr_models_that_did_not_register_make_the_checkout_unavailable_at_start_up(
         self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
     ) -> None:
-        """funasr_detach drops its submodules' import errors: the start-up probe finds the model missing and why."""
+        """funasr_detach drops its submodules' import errors: the start-up probe finds the model missing and why,
+        and the warm spare, which fails the same imports, is given up instead of retried every back-off."""
         package = standin.checkout / "funasr_detach"
         (package / "register.py").write_text("class T:\n    model_classes = {'Paraformer': 1}\n\n\ntables = T()\n")
         streaming = package / "models" / "paraformer_streaming"
         streaming.mkdir()
         (streaming / "__init__.py").write_text("")
         (streaming / "model.py").write_text("import six_is_not_installed\n")
-        async with make_client(
-            Settings(data_dir=tmp_path / "data", warm_spares=WITHOUT_SPARES), (step_model(standin),)
-        ) as client:
+        settings = Settings(data_dir=tmp_path / "data", warm_spares=("transformers=0", "step-audio=1"))
+        async with make_client(settings, (step_model(standin),)) as client:
             with anyio.fail_after(60):
                 while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
                     "engine_probe"
-                ] == "pending":
+                ] == "pending" or status["warm_spares"]["configured"]:
                     await anyio.sleep(0.1)
             listed = (await client.get("/api/v1/models/unavailable")).json()
             offered = [model["id"] for model in (await client.get("/v1/models")).json()["data"]]
             refused = await client.post("/api/v1/models/sa-bnb/load")
         assert status["engine_probe"] == "failed"
         reason = listed["sa-bnb"]
+        assert status["warm_spares"]["ready"] == 0
+        assert status["warm_spares"]["last_error"].startswith("no spares are kept: the import probe failed: ")
         assert "FunASR's ParaformerStreaming is not registered" in reason
         assert "importing funasr_detach.models.paraformer_streaming.model fails" in reason
         assert "six_is_not_installed" in reason

