@@ -164,6 +164,8 @@ class SparePool:
         """Keep no more spares for these models (their import probe failed: a spare would fail the same imports
         again every back-off, for ever). A pool that also serves other models keeps its spares."""
         self._retired.update(models)
+        if self._closing:
+            return  # the pool is ending every spare itself
         for key, keeper in self._keepers.items():
             served = {model for model, model_key in self._models.items() if model_key == key}
             if keeper.retired or not served <= self._retired:
