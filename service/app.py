@@ -40,6 +40,8 @@ from service.controllers.pages.models import ModelPagesController
 from service.controllers.pages.speak import PagesController
 from service.controllers.pages.voices import VoicePagesController
 from service.controllers.stream_guard import stream_guard
+from service.engines import resolve_engine
+from service.engines.base import probe_is_its_imports
 from service.lazy_loader import LazyLoader, Placement, WorkerLauncher
 from service.library.consents import ConsentStore
 from service.library.voices import VoiceLibrary
@@ -99,15 +101,19 @@ def ray_backend(settings: Settings) -> RayBackend | None:
 
 
 async def probe_engine(catalog: Catalog, spares: SparePool, spec: WorkerSpec, model_ids: list[str]) -> None:
-    """At start-up: import an engine's libraries and code as its workers will, in a process of their own, so that
-    a broken environment shows in the log and on /api/v1/models/unavailable before any request; the warm spares
-    of models it finds broken are given up."""
+    """At start-up: import an engine's libraries and code as its workers will, so that a broken environment shows
+    in the log and on /api/v1/models/unavailable before any request. Where a warm spare does those very imports
+    (the engine's probe is its `import_libraries`), the first spare's answer is the probe's, and no second process
+    imports them all again; else a process of its own. The spares of models found broken are given up."""
     started = anyio.current_time()
-    problem = await probe_worker(spec)
+    spare_answer = spares.import_answer(spec) if probe_is_its_imports(resolve_engine(spec.engine)) else None
+    problem = await (spare_answer() if spare_answer is not None else probe_worker(spec))
     seconds = round(anyio.current_time() - started, 3)
     catalog.record_probe(model_ids, problem)
     if problem is None:
-        log.info("engine_probe_passed", engine=spec.engine, models=model_ids, seconds=seconds)
+        log.info(
+            "engine_probe_passed", engine=spec.engine, models=model_ids, seconds=seconds, by_spare=bool(spare_answer)
+        )
         return
     log.warning("model_unavailable", engine=spec.engine, models=model_ids, reason=problem, seconds=seconds)
     await spares.retire(model_ids, f"the import probe failed: {problem}")

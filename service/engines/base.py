@@ -184,6 +184,14 @@ def import_options(engine: EngineFactory, options: Mapping[str, Any]) -> dict[st
     return {} if hook is None else dict(hook(options))
 
 
+def probe_is_its_imports(engine: EngineFactory) -> bool:
+    """Whether the engine's start-up import probe is its `import_libraries`, with the same options: then a warm
+    spare's imports answer what the probe asks."""
+    probe = getattr(engine, "probe", None)
+    same_options = getattr(engine, "probe_options", None) == getattr(engine, "import_options", None)
+    return probe is not None and probe == getattr(engine, "import_libraries", None) and same_options
+
+
 def import_libraries(engine: EngineFactory, options: Mapping[str, Any]) -> None:
     """Run the engine's `import_libraries` hook with these import options (`import_options`); a no-op without one."""
     hook = getattr(engine, "import_libraries", None)

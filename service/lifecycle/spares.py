@@ -99,6 +99,8 @@ class _Keeper:
     loading: WorkerProcess | None = None  # the last load that took a spare: the next spare starts after it
     changed: anyio.Event = field(default_factory=anyio.Event)
     retired: bool = False  # no more spares: every model it serves failed its import probe
+    answered: anyio.Event = field(default_factory=anyio.Event)  # the first spare has imported, or failed to
+    first_problem: str | None = None  # why the first spare could not import
 
 
 class SparePool:
@@ -159,6 +161,21 @@ class SparePool:
                 log.info("warm_spare_taken", model=spec.model_id, engine=spec.engine, pid=spare.pid)
                 return spare
         return None
+
+    def import_answer(self, spec: WorkerSpec) -> Callable[[], Awaitable[str | None]] | None:
+        """Where spares are kept for this spec's models: how the first one's imports went (None: they passed, else
+        why not), which is what an import probe of an engine whose probe is its `import_libraries` would answer;
+        None where no spares are kept."""
+        keeper = self._keepers.get(SpareKey.of(spec))
+        if keeper is None:
+            return None
+        answering = keeper
+
+        async def answer() -> str | None:
+            await answering.answered.wait()
+            return answering.first_problem
+
+        return answer
 
     async def retire(self, models: Iterable[str], reason: str) -> None:
         """Keep no more spares for these models (their import probe failed: a spare would fail the same imports
@@ -252,6 +269,9 @@ class SparePool:
             try:
                 spare = await SpareProcess.start(keeper.spec)
             except WorkerLoadError as error:
+                if not keeper.answered.is_set():
+                    keeper.first_problem = str(error)
+                    keeper.answered.set()
                 if keeper.retired:
                     return
                 keeper.losses += 1
@@ -260,6 +280,7 @@ class SparePool:
                 continue
             finally:
                 keeper.starting = False
+            keeper.answered.set()
             if keeper.retired:
                 await spare.stop()
                 return

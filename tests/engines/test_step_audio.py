@@ -157,6 +157,27 @@ class TestDiscoveryAndLoading:
         assert standin.calls() == []
 
     @pytest.mark.slow
+    async def test_with_a_warm_spare_its_imports_answer_the_start_up_probe_and_serve_the_first_load(
+        self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
+    ) -> None:
+        """The probe imports what a spare imports: with a spare kept, the spare's imports are the probe's answer,
+        and no second process imports torch and the checkout at start-up."""
+        settings = Settings(data_dir=tmp_path / "data", warm_spares=("transformers=0", "step-audio=1"))
+        async with make_client(settings, (step_model(standin),)) as client:
+            with anyio.fail_after(60):
+                while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
+                    "engine_probe"
+                ] == "pending" or not status["warm_spares"]["ready"]:
+                    await anyio.sleep(0.1)
+            (spare,) = status["warm_spares"]["pids"]
+            assert status["engine_probe"] == "passed"
+            assert standin.importing_pids() == [spare]
+            loaded = await client.post("/api/v1/models/sa-bnb/load")
+            assert loaded.status_code == 200, loaded.text
+            assert (await client.get("/api/v1/models/sa-bnb/status")).json()["pid"] == spare
+            assert standin.importing_pids() == [spare]
+
+    @pytest.mark.slow
     async def test_unavailable_variants_are_listed_by_the_api(
         self, make_client: ClientFactory, standin: StandIn, tmp_path: Path
     ) -> None:

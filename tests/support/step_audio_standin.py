@@ -55,6 +55,9 @@ import numpy as np
 import soundfile
 import torch
 
+with CALLS.with_name("imports.jsonl").open("a") as imports:  # which processes paid for these imports
+    imports.write(json.dumps({"pid": os.getpid()}) + "\\n")
+
 EDIT_TYPES = {"emotion", "style", "speed", "paralinguistic", "denoise", "vad"}
 
 
@@ -127,6 +130,13 @@ class StandIn:
 
     def calls_named(self, name: str) -> list[dict[str, Any]]:
         return [call for call in self.calls() if call["call"] == name]
+
+    def importing_pids(self) -> list[int]:
+        """The processes that imported the stand-in's tts.py (and torch with it), in order."""
+        path = self.checkout / "imports.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["pid"] for line in path.read_text().splitlines()]
 
 
 # what the FunASR folder's configuration.json maps to files, as FunASR's published models have it
