@@ -98,9 +98,13 @@ class _Keeper:
     backing_off_until: float | None = None
     loading: WorkerProcess | None = None  # the last load that took a spare: the next spare starts after it
     changed: anyio.Event = field(default_factory=anyio.Event)
-    retired: bool = False  # no more spares: every model it serves failed its import probe
     answered: anyio.Event = field(default_factory=anyio.Event)  # the first spare has imported, or failed to
     first_problem: str | None = None  # why the first spare could not import
+
+    @property
+    def retired(self) -> bool:
+        """No more spares (`SparePool.retire`): a keeper is only made with a count above 0."""
+        return self.count == 0
 
 
 class SparePool:
@@ -169,11 +173,10 @@ class SparePool:
         keeper = self._keepers.get(SpareKey.of(spec))
         if keeper is None:
             return None
-        answering = keeper
 
         async def answer() -> str | None:
-            await answering.answered.wait()
-            return answering.first_problem
+            await keeper.answered.wait()
+            return keeper.first_problem
 
         return answer
 
@@ -187,7 +190,6 @@ class SparePool:
             served = {model for model, model_key in self._models.items() if model_key == key}
             if keeper.retired or not served <= self._retired:
                 continue
-            keeper.retired = True
             keeper.count = 0
             keeper.last_error = f"no spares are kept: {reason}"
             log.info("warm_spares_retired", engine=keeper.spec.engine, models=sorted(served), reason=reason)

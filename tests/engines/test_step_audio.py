@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,21 @@ def step_model(standin: StandIn, variant: str = "bnb", **options: Any) -> ModelS
         },
         ModelPolicy(idle_timeout=300),
     )
+
+
+def with_a_spare(tmp_path: Path) -> Settings:
+    """Settings that keep one Step-Audio-EditX spare, as the server's defaults do (the tests' default keeps none)."""
+    return Settings(data_dir=tmp_path / "data", warm_spares=("transformers=0", "step-audio=1"))
+
+
+async def status_once(client: AppClient, settled: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """sa-bnb's status once `settled` holds for it (a bounded wait)."""
+    with anyio.fail_after(60):
+        while True:
+            status: dict[str, Any] = (await client.get("/api/v1/models/sa-bnb/status")).json()
+            if settled(status):
+                return status
+            await anyio.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -134,13 +149,10 @@ class TestDiscoveryAndLoading:
         streaming.mkdir()
         (streaming / "__init__.py").write_text("")
         (streaming / "model.py").write_text("import six_is_not_installed\n")
-        settings = Settings(data_dir=tmp_path / "data", warm_spares=("transformers=0", "step-audio=1"))
-        async with make_client(settings, (step_model(standin),)) as client:
-            with anyio.fail_after(60):
-                while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
-                    "engine_probe"
-                ] == "pending" or status["warm_spares"]["configured"]:
-                    await anyio.sleep(0.1)
+        async with make_client(with_a_spare(tmp_path), (step_model(standin),)) as client:
+            status = await status_once(
+                client, lambda now: now["engine_probe"] != "pending" and not now["warm_spares"]["configured"]
+            )
             listed = (await client.get("/api/v1/models/unavailable")).json()
             offered = [model["id"] for model in (await client.get("/v1/models")).json()["data"]]
             refused = await client.post("/api/v1/models/sa-bnb/load")
@@ -162,13 +174,10 @@ class TestDiscoveryAndLoading:
     ) -> None:
         """The probe imports what a spare imports: with a spare kept, the spare's imports are the probe's answer,
         and no second process imports torch and the checkout at start-up."""
-        settings = Settings(data_dir=tmp_path / "data", warm_spares=("transformers=0", "step-audio=1"))
-        async with make_client(settings, (step_model(standin),)) as client:
-            with anyio.fail_after(60):
-                while (status := (await client.get("/api/v1/models/sa-bnb/status")).json())[
-                    "engine_probe"
-                ] == "pending" or not status["warm_spares"]["ready"]:
-                    await anyio.sleep(0.1)
+        async with make_client(with_a_spare(tmp_path), (step_model(standin),)) as client:
+            status = await status_once(
+                client, lambda now: now["engine_probe"] != "pending" and now["warm_spares"]["ready"]
+            )
             (spare,) = status["warm_spares"]["pids"]
             assert status["engine_probe"] == "passed"
             assert standin.importing_pids() == [spare]
